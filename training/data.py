@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +27,14 @@ import torch
 from PIL import Image
 
 from monai_app.pipeline.network import CLASSES
-from monai_app.pipeline.preprocess import fit_to_input, to_gray_uint8
+from monai_app.picture_io import read_picture
+from monai_app.pipeline.preprocess import fit_to_input
 from monai_app.pipeline.windowing import WindowPreset, window_to_uint8
 from training.augment import Augmenter
 
 logger = logging.getLogger(__name__)
 
 SUBTYPES = CLASSES[1:]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -64,16 +63,6 @@ def _label_vector(any_label: float, subtypes: dict[str, float] | None = None) ->
     elif any_label == 0:
         vec[1:] = 0.0  # no hemorrhage at all means no subtype either
     return vec
-
-
-def read_picture(path: Path) -> np.ndarray:
-    """A picture file (PNG/JPG/...) or a DICOM slice to an 8-bit brain-window (Y, X) array."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        with Image.open(path) as im:
-            return to_gray_uint8(np.asarray(im))
-    from dicom_io.series_to_volume import read_slice_hu  # DICOM slices are windowed from HU
-
-    return window_to_uint8(read_slice_hu(path), WindowPreset.BRAIN.value)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -261,7 +250,3 @@ def describe(samples: Sequence[Sample]) -> str:
         pos, neg = class_balance(items)
         parts.append(f"{name}: {len(items)} slices ({pos} pos / {neg} neg, {len({s.group for s in items})} groups)")
     return "; ".join(parts) if parts else "no samples"
-
-
-def is_finite_label(x: float) -> bool:
-    return not math.isnan(x)
