@@ -185,11 +185,11 @@ class JobQueue:
     def create_job(self, study_uid: str, *, last_instance_at: float | None = None) -> Job | None:
         """Queue a new version of the study's job, unless one is already pending (it will see every instance)."""
         with self._tx() as db:
-            if db.execute(
-                "SELECT 1 FROM jobs WHERE study_uid=? AND state=?", (study_uid, JobState.PENDING)
-            ).fetchone():
+            if db.execute("SELECT 1 FROM jobs WHERE study_uid=? AND state=?", (study_uid, JobState.PENDING)).fetchone():
                 return None
-            version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid=?", (study_uid,)).fetchone()[0]
+            version = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM jobs WHERE study_uid=?", (study_uid,)
+            ).fetchone()[0]
             now = self._clock()
             cur = db.execute(
                 "INSERT INTO jobs (study_uid, version, state, created_at, last_instance_at) VALUES (?, ?, ?, ?, ?)",
@@ -208,8 +208,13 @@ class JobQueue:
                 (JobState.RUNNING, self._clock(), row["id"]),
             )
             return Job(
-                row["id"], row["study_uid"], row["version"], JobState.RUNNING, row["attempts"] + 1,
-                row["created_at"], row["last_instance_at"],
+                row["id"],
+                row["study_uid"],
+                row["version"],
+                JobState.RUNNING,
+                row["attempts"] + 1,
+                row["created_at"],
+                row["last_instance_at"],
             )
 
     def record_snapshot(self, job_id: int, study_uid: str, sop_uids: Iterable[str]) -> None:
@@ -244,8 +249,18 @@ class JobQueue:
             db.executemany(
                 "INSERT INTO outbox (job_id, study_uid, path, sop_instance_uid, sop_class_uid, state, next_attempt_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(job_id, row["study_uid"], str(o.path), o.sop_instance_uid, o.sop_class_uid, OutboxState.PENDING, now)
-                 for o in items],
+                [
+                    (
+                        job_id,
+                        row["study_uid"],
+                        str(o.path),
+                        o.sop_instance_uid,
+                        o.sop_class_uid,
+                        OutboxState.PENDING,
+                        now,
+                    )
+                    for o in items
+                ],
             )
 
     def retry_or_fail_job(self, job_id: int, error: str, *, max_attempts: int) -> JobState:
@@ -375,26 +390,29 @@ class JobQueue:
             for j in jobs:
                 items = self._db.execute(
                     "SELECT sop_instance_uid, sop_class_uid, state, attempts, last_error, sent_at FROM outbox"
-                    " WHERE job_id=? ORDER BY id", (j["id"],)
+                    " WHERE job_id=? ORDER BY id",
+                    (j["id"],),
                 ).fetchall()
                 result = json.loads(j["result_json"]) if j["result_json"] else None
-                versions.append({
-                    "job_id": j["id"],
-                    "version": j["version"],
-                    "state": j["state"],
-                    "attempts": j["attempts"],
-                    "created_at": j["created_at"],
-                    "started_at": j["started_at"],
-                    "finished_at": j["finished_at"],
-                    "delivered_at": j["delivered_at"],
-                    "last_instance_at": j["last_instance_at"],
-                    "instances": j["n_instances"],
-                    "decision": j["decision"],
-                    "probability": None if result is None else result.get("probability"),
-                    "reason": None if result is None else result.get("reason"),
-                    "error": j["error"],
-                    "outputs": [dict(i) for i in items],
-                })
+                versions.append(
+                    {
+                        "job_id": j["id"],
+                        "version": j["version"],
+                        "state": j["state"],
+                        "attempts": j["attempts"],
+                        "created_at": j["created_at"],
+                        "started_at": j["started_at"],
+                        "finished_at": j["finished_at"],
+                        "delivered_at": j["delivered_at"],
+                        "last_instance_at": j["last_instance_at"],
+                        "instances": j["n_instances"],
+                        "decision": j["decision"],
+                        "probability": None if result is None else result.get("probability"),
+                        "reason": None if result is None else result.get("reason"),
+                        "error": j["error"],
+                        "outputs": [dict(i) for i in items],
+                    }
+                )
         latest = versions[0]
         if latest["state"] == JobState.DONE and latest["delivered_at"] is not None:
             status = "delivered"
@@ -448,8 +466,13 @@ class QuietPeriodTracker:
     is re-armed (:meth:`arm`), so a crash between an acknowledgement and the job's creation loses nothing.
     """
 
-    def __init__(self, quiet_seconds: float, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        quiet_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.quiet_seconds = quiet_seconds
         self._clock, self._wall = clock, wall_clock
         self._lock = threading.Lock()

@@ -131,7 +131,9 @@ def check_sources(sources: Sequence[Dataset], result: StudyResult, referenced: S
     return sources[0]
 
 
-def check_new_series(series_instance_uid: str, datasets: Iterable[Dataset], *, series_number: int, instance_number: int) -> None:
+def check_new_series(
+    series_instance_uid: str, datasets: Iterable[Dataset], *, series_number: int, instance_number: int
+) -> None:
     """Check that the output series UID is a valid UID of a new series and that the numbers are positive.
 
     Raises:

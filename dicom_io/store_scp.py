@@ -34,16 +34,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessP14,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -61,17 +61,21 @@ LOGGER = logging.getLogger(__name__)
 PROCESSED_SOP_CLASSES: frozenset[str] = frozenset({str(CTImageStorage), str(EnhancedCTImageStorage)})
 
 ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    # pynetdicom accepts, per presentation context, the first of these that the peer proposes. Uncompressed
+    # first (every peer can send them, as dcmtk's storescp prefers too); a peer holding compressed files proposes
+    # their syntax in a context of its own and sends them as they are. Lossy last, so that a peer is never asked
+    # to compress lossily: accepted only when the peer proposes nothing else (its data is lossy already).
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    RLELossless,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    JPEGLosslessSV1,
-    JPEGLosslessP14,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    JPEG2000Lossless,
     JPEG2000,
-    RLELossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
 )
@@ -203,8 +207,6 @@ class StoreSCP:
         ae.add_supported_context(Verification)
         for ctx in StoragePresentationContexts:
             ae.add_supported_context(ctx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
-        if str(EnhancedCTImageStorage) not in {c.abstract_syntax for c in StoragePresentationContexts}:
-            ae.add_supported_context(EnhancedCTImageStorage, list(ACCEPTED_TRANSFER_SYNTAXES))
         self._ae = ae
         if not self.allow:
             LOGGER.warning("no allowlist configured: any calling AE title may store to %s", ae_title)
@@ -227,8 +229,10 @@ class StoreSCP:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            for assoc in list(server.active_associations):
+                assoc.abort()  # an unanswered C-STORE is re-sent by the peer; a duplicate is harmless
             LOGGER.info("storage SCP stopped")
 
     @property
@@ -252,10 +256,11 @@ class StoreSCP:
         host = assoc.requestor.address
         if not self.is_allowed(calling, host):
             LOGGER.warning("association from %r at %s rejected: calling AE title not on the allowlist", calling, host)
-            # PS3.8 7.1.1.9: rejected-permanent, service-user, calling AE title not recognised
-            assoc.acse.send_reject(0x01, 0x01, 0x03)
             if self._on_rejected is not None:
                 self._on_rejected(calling, host)
+            # PS3.8 7.1.1.9: rejected-permanent, service-user, calling AE title not recognised
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()  # as pynetdicom's own rejection does: lets the DUL send the A-ASSOCIATE-RJ first
 
     def _handle_echo(self, event: evt.Event) -> int:
         return int(DimseStatus.SUCCESS)

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_io.errors import DicomIoError
+
 logger = logging.getLogger(__name__)
 
 DCIODVFY = "dciodvfy"
@@ -31,11 +33,11 @@ DCENTVFY = "dcentvfy"
 DEFAULT_TIMEOUT_S = 120.0
 
 
-class ValidatorNotFoundError(FileNotFoundError):
+class ValidatorNotFoundError(DicomIoError, FileNotFoundError):
     """A dicom3tools validator is not on PATH (install the Debian package ``dicom3tools``)."""
 
 
-class ValidatorFailedError(RuntimeError):
+class ValidatorFailedError(DicomIoError, RuntimeError):
     """A validator could not run to completion (timed out, or crashed without a report)."""
 
 

@@ -39,7 +39,8 @@ def fail(code: ExitCode, message: str) -> int:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("holoscan").setLevel(logging.WARNING)
+    for noisy in ("holoscan", "highdicom"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 # ------------------------------------------------------------------ run

@@ -228,11 +228,7 @@ def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, st
             raise ConfigError(f"config file {config_file}: expected a JSON object")
         _apply(values, data, f"config file {config_file}")
 
-    env = {
-        name: environ[ENV_PREFIX + name.upper()]
-        for name in _PARSERS
-        if ENV_PREFIX + name.upper() in environ
-    }
+    env = {name: environ[ENV_PREFIX + name.upper()] for name in _PARSERS if ENV_PREFIX + name.upper() in environ}
     _apply(values, env, "environment")
     _apply(values, {k: v for k, v in flags.items() if k in _PARSERS}, "command line")
     try:

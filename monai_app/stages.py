@@ -33,7 +33,8 @@ from monai_app.pipeline.windowing import WindowPreset, window_to_uint8
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9901  # SC and SR go in two series: one modality per series (PS3.3 C.7.3.1)
+SR_SERIES_NUMBER = 9902
 REPORT_FILE = "report.json"
 
 
@@ -226,7 +227,10 @@ def write_outputs(
     written: list[Path] = []
     if sources:
         study_uid = result.study_instance_uid
-        series_uid = derived_uid(study_uid, result.model.name, result.model.version, "series")
+        # same input + same model -> same UIDs (a re-run after a crash is stored once by the PACS);
+        # a study that grew since (more instances) gets new UIDs: a new result, not an overwrite
+        inputs = sorted(str(ds.SOPInstanceUID) for ds in (prepared.volume.datasets if prepared else sources))
+        model = (study_uid, result.model.name, result.model.version, *inputs)
         all_refs = list(sources) if prepared is None else list(prepared.volume.datasets)
         for number, (key, rgb) in enumerate(images, start=1):
             refs = all_refs if prepared is None or key is None else [prepared.volume.datasets[j] for j in prepared.slabs.members[key]]
@@ -234,11 +238,11 @@ def write_outputs(
                 sources,
                 rgb,
                 result,
-                series_instance_uid=series_uid,
-                series_number=OUTPUT_SERIES_NUMBER,
+                series_instance_uid=derived_uid(*model, "sc-series"),
+                series_number=SC_SERIES_NUMBER,
                 instance_number=number,
                 referenced=refs,
-                sop_instance_uid=derived_uid(study_uid, result.model.name, result.model.version, "sc", str(number)),
+                sop_instance_uid=derived_uid(*model, "sc", number),
             )
             path = output_dir / f"sc_{number:02d}.dcm"
             sc.save_as(path, enforce_file_format=True)
@@ -247,11 +251,11 @@ def write_outputs(
         sr = build_structured_report(
             sources,
             result,
-            series_instance_uid=series_uid,
-            series_number=OUTPUT_SERIES_NUMBER,
-            instance_number=len(images) + 1,
+            series_instance_uid=derived_uid(*model, "sr-series"),
+            series_number=SR_SERIES_NUMBER,
+            instance_number=1,
             referenced=key_refs,
-            sop_instance_uid=derived_uid(study_uid, result.model.name, result.model.version, "sr"),
+            sop_instance_uid=derived_uid(*model, "sr"),
         )
         path = output_dir / "sr.dcm"
         sr.save_as(path, enforce_file_format=True)

@@ -146,7 +146,7 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
         state["step"] += 1
         state["batch"] += 1
         state["global_step"] += 1
-        total += float(loss) * len(x)
+        total += float(loss.detach()) * len(x)
         count += len(x)
         if state["batch"] % 10 == 0 or state["batch"] == n_batches:
             rate = count / max(1e-6, time.time() - start)
@@ -169,11 +169,21 @@ def predict(model, dataset: SliceDataset, device, amp: bool, batch_size: int = 6
     return np.concatenate(out) if out else np.zeros(0)
 
 
+SYNTHETIC_SOURCES = {"phantom"}
+
+
+def real_mask(samples: Sequence[Sample]) -> np.ndarray:
+    """Validation metrics, model selection and the threshold use real slices only, never phantoms."""
+    return np.array([s.source not in SYNTHETIC_SOURCES for s in samples], dtype=bool)
+
+
 def evaluate(model, dataset: SliceDataset, device, amp: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
     scores = predict(model, dataset, device, amp)
     labels = np.array([s.hemorrhage for s in dataset.samples])
-    result = {"val_auc": metrics.roc_auc(labels, scores), "val_n": len(labels)}
-    result.update({f"val_{k}": v for k, v in metrics.at_threshold(labels, scores, 0.5).items() if k in ("sensitivity", "specificity")})
+    real = real_mask(dataset.samples)
+    result = {"val_auc": metrics.roc_auc(labels[real], scores[real]), "val_n": int(real.sum())}
+    op = metrics.at_threshold(labels[real], scores[real], 0.5)
+    result.update({f"val_{k}": op[k] for k in ("sensitivity", "specificity")})
     for source in sorted({s.source for s in dataset.samples}):
         sel = np.array([s.source == source for s in dataset.samples])
         result[f"val_auc_{source}"] = metrics.roc_auc(labels[sel], scores[sel])
@@ -199,8 +209,9 @@ def export_best(args: argparse.Namespace, config: ModelConfig, val_set: SliceDat
     best = torch.load(Path(args.output_dir) / "best.pt", map_location="cpu", weights_only=True)
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(best["model"])
-    scores = predict(model, val_set, device, args.amp)
-    labels = np.array([s.hemorrhage for s in val_set.samples])
+    real = real_mask(val_set.samples)
+    scores = predict(model, val_set, device, args.amp)[real]
+    labels = np.array([s.hemorrhage for s in val_set.samples])[real]
     threshold = metrics.threshold_for_sensitivity(labels, scores, args.target_sensitivity)
     op = metrics.at_threshold(labels, scores, threshold)
     summary = {

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dicom_io.result import NOT_FOR_DIAGNOSTIC_USE
 
-_CAM_FLOOR = 0.25  # map values below this are not drawn: only what drove the decision is coloured
+_CAM_FLOOR = 0.5  # map values below this are not drawn: only what drove the decision is coloured
 
 
 def hot_colormap(values: np.ndarray) -> np.ndarray:
@@ -21,21 +21,24 @@ def hot_colormap(values: np.ndarray) -> np.ndarray:
     return np.rint(rgb * 255).astype(np.uint8)
 
 
-def blend(gray: np.ndarray, cam: np.ndarray, max_alpha: float = 0.6) -> np.ndarray:
-    """Blend a Grad-CAM map over an 8-bit slice.
+def blend(gray: np.ndarray, cam: np.ndarray, max_alpha: float = 0.65) -> np.ndarray:
+    """Blend a Grad-CAM map over an 8-bit slice, inside the head only.
 
     Args:
         gray: (Y, X) uint8 brain-window slice.
         cam: (Y, X) float in [0, 1], same shape.
     Returns:
-        (Y, X, 3) uint8; red/yellow where the map is high, the plain slice where it is below the floor.
+        (Y, X, 3) uint8: red (rising to yellow at the maximum) where the map is in its upper half, the plain
+        slice elsewhere and outside the head (air is 0 in the brain window; the map means nothing there).
     """
     if gray.shape != cam.shape:
         raise ValueError(f"slice {gray.shape} and map {cam.shape} differ")
+    cam = np.where(gray > 0, np.asarray(cam, dtype=np.float32), 0.0)
+    strength = np.clip((cam - _CAM_FLOOR) / (1 - _CAM_FLOOR), 0, 1)
     base = np.repeat(gray[..., None].astype(np.float32), 3, axis=-1)
-    alpha = (np.clip((cam - _CAM_FLOOR) / (1 - _CAM_FLOOR), 0, 1) * max_alpha)[..., None]
-    out = base * (1 - alpha) + hot_colormap(0.35 + 0.65 * cam).astype(np.float32) * alpha
-    return np.rint(out).astype(np.uint8)
+    colour = np.stack([np.full_like(strength, 255.0), 255.0 * strength**2, np.zeros_like(strength)], axis=-1)
+    alpha = (np.sqrt(strength) * max_alpha)[..., None]
+    return np.rint(base * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

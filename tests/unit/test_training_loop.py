@@ -1,0 +1,277 @@
+"""training.train on tiny synthetic data: a step learns, resume is exact, DDP ranks agree, export loads.
+
+Input 64 x 64, batch 4, a few steps of the real MONAI ResNet50 on CPU with one thread: each step is about
+a second, so the whole file runs in well under a minute on a busy two-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, sha256_of
+from training import train
+from training.data import SliceDataset, read_labelled_folder, split_by_group
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE, BATCH, N_IMAGES, VAL_FRACTION = 64, 4, 16, 0.25
+
+
+def synthetic_slice(positive: bool, seed: int) -> np.ndarray:
+    """A 64 x 64 head (skull ring, brain ~90) with, for positives, a bright blob (200) somewhere inside."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - 32, xx - 32)
+    img = np.where(r < 28, 90.0, 0.0)
+    img[(r >= 25) & (r < 28)] = 255
+    if positive:
+        cy, cx = rng.integers(20, 44, 2)
+        img[np.hypot(yy - cy, xx - cx) < rng.integers(4, 8)] = 200
+    img += rng.normal(0, 3, img.shape) * (r < 28)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
+    """16 slices, half positive, one patient each; returns (folder, split seed, training-set size).
+
+    The split seed is the first that puts both classes in validation and at least three batches in training
+    (so a run can be interrupted mid-epoch), found with the same split training uses.
+    """
+    root = tmp_path_factory.mktemp("tiny") / "slices"
+    root.mkdir()
+    rows = []
+    for i in range(N_IMAGES):
+        Image.fromarray(synthetic_slice(i % 2 == 1, seed=i)).save(root / f"s{i:02d}.png")
+        rows.append({"path": f"s{i:02d}.png", "hemorrhage": i % 2, "patient_id": f"P{i:02d}"})
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    samples = read_labelled_folder(root)
+    for seed in range(200):
+        tr, va = split_by_group(samples, VAL_FRACTION, seed)
+        if {s.hemorrhage for s in va} == {0, 1} and len(tr) >= 3 * BATCH + 1 and len(tr) % 2 == 0:
+            return root, seed, len(tr)
+    raise AssertionError("no usable split seed")
+
+
+@pytest.fixture
+def isolated_main() -> Iterator[None]:
+    """train.main installs signal handlers and sets torch's thread count: put both back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    yield
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    torch.set_num_threads(threads)
+
+
+def run_main(data: Path, split_seed: int, out: Path, *extra: str) -> dict[str, float]:
+    argv = [
+        "--data", f"png:{data}", "--output-dir", str(out), "--input-size", str(SIZE), "--batch-size", str(BATCH),
+        "--val-fraction", str(VAL_FRACTION), "--split-seed", str(split_seed), "--no-augment", "--threads", "1", *extra,
+    ]  # fmt: skip
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def load_checkpoint(path: Path) -> dict:  # type: ignore[type-arg]
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------- one step
+def test_a_few_steps_lower_the_loss_on_the_batch(tiny_data: tuple[Path, int, int], isolated_main: None) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_size=SIZE)).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    dataset = SliceDataset(read_labelled_folder(tiny_data[0])[:8], SIZE)
+    x, y = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
+    args = argparse.Namespace(amp=False, pos_weight=1.4)
+
+    def batch_loss() -> float:
+        model.train()  # the same batch statistics the optimizer step saw
+        with torch.no_grad():
+            return float(train.masked_bce(model(x.contiguous(memory_format=torch.channels_last)), y, args.pos_weight))
+
+    before = batch_loss()
+    sampler = train.ResumableSampler(len(dataset), seed=0, rank=0, world=1, batch_size=8)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler)
+    state = {"epoch": 0, "batch": 0, "step": 0, "global_step": 0}
+    for epoch in range(3):  # one batch per epoch: three optimizer steps on the same eight slices
+        sampler.set_epoch(epoch)
+        state["batch"] = 0
+        epoch_loss = train.train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch, args, state, lambda: False)
+        assert math.isfinite(epoch_loss)
+    after = batch_loss()
+    assert state["global_step"] == 3
+    assert after < 0.5 * before, (before, after)
+
+
+def test_masked_bce_ignores_unknown_labels_and_weighs_positives() -> None:
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.0, 0.5, -0.2], [-0.7, 0.1, 0.0, 1.0, -2.0, 0.4]])
+    labels = torch.full((2, len(CLASSES)), float("nan"))
+    labels[0, 0], labels[0, 3] = 1.0, 0.0
+    labels[1, 0] = 0.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    # 'any' counts twice (x2), positives of 'any' weigh pos_weight; NaN entries are out of both sum and count
+    expected = (2 * 1.4 * bce(logits[0, 0], torch.tensor(1.0)) + bce(logits[0, 3], torch.tensor(0.0)) + 2 * bce(logits[1, 0], torch.tensor(0.0))) / 3
+    assert float(train.masked_bce(logits, labels, 1.4)) == pytest.approx(float(expected), rel=1e-6)
+    changed = logits.clone()
+    changed[0, 1] = 50.0  # an unknown label's logit does not matter
+    assert float(train.masked_bce(changed, labels, 1.4)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_sampler_shards_and_resumes_at_the_batch() -> None:
+    n, bs = 11, 2
+    ranks = [train.ResumableSampler(n, seed=5, rank=r, world=2, batch_size=bs) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(3)
+    shards = [s.indices() for s in ranks]
+    assert len(shards[0]) == len(shards[1]) == 6  # padded to equal length
+    assert set(shards[0]) | set(shards[1]) == set(range(n))
+    assert ranks[0].batches_per_epoch() == 3
+    resumed = train.ResumableSampler(n, seed=5, rank=1, world=2, batch_size=bs)
+    resumed.set_epoch(3, start_batch=2)
+    assert list(resumed) == shards[1][2 * bs :] and len(resumed) == len(shards[1]) - 2 * bs
+    other_epoch = train.ResumableSampler(n, seed=5, rank=1, world=2, batch_size=bs)
+    other_epoch.set_epoch(4)
+    assert other_epoch.indices() != shards[1]
+
+
+# ---------------------------------------------------------------- resume and export
+@pytest.mark.slow
+def test_resume_continues_at_the_exact_step_and_export_loads(tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None) -> None:
+    data, split_seed, n_train = tiny_data
+    batches = math.ceil(n_train / BATCH)
+    out, reference, export = tmp_path / "run", tmp_path / "reference", tmp_path / "export"
+
+    # interrupted after two optimizer steps, mid-epoch
+    assert run_main(data, split_seed, out, "--epochs", "1", "--max-steps", "2", "--checkpoint-steps", "1") == {}
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert (ckpt["state"]["epoch"], ckpt["state"]["batch"], ckpt["state"]["global_step"]) == (0, 2, 2)
+    assert not (out / "metrics.csv").exists() and not (out / "best.pt").exists()
+
+    # resumed: finishes the epoch from batch 2, validates, exports
+    result = run_main(data, split_seed, out, "--epochs", "1", "--resume", "auto", "--export", str(export))
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert (ckpt["state"]["epoch"], ckpt["state"]["batch"], ckpt["state"]["global_step"]) == (1, 0, batches)
+    assert 0.0 <= result["val_auc"] <= 1.0
+    with open(out / "metrics.csv") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["0"]
+
+    # the same as never having been interrupted, to the bit
+    run_main(data, split_seed, reference, "--epochs", "1")
+    uninterrupted = load_checkpoint(reference / "checkpoint.pt")
+    assert uninterrupted["state"]["global_step"] == batches
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(tensor, ckpt["model"][name]), name
+
+    # the export: loads, its checksum is the file's, the weights are the best epoch's (stored fp16)
+    model, config = load_artifact(export)
+    digest = hashlib.sha256((export / "model.pt").read_bytes()).hexdigest()
+    assert config.sha256 == digest == sha256_of(export / "model.pt")
+    assert config.input_size == SIZE and 0.0 < config.threshold < 1.0 and config.version == "0.1.0"
+    assert config.metrics["validation_slices"] == N_IMAGES - n_train and config.metrics["epoch"] == 0
+    best = load_checkpoint(out / "best.pt")["model"]
+    for name, tensor in model.state_dict().items():
+        expected = best[name].half().float() if best[name].is_floating_point() else best[name]
+        assert torch.equal(tensor, expected), name
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+
+
+# ---------------------------------------------------------------- DDP
+RANK_WRAPPER = textwrap.dedent(
+    """
+    # Runs training.train.main under torchrun and records, per rank, what it trained and saw.
+    import hashlib, json, os, sys
+    from pathlib import Path
+
+    import training.train as T
+
+    built, seen = [], []
+    _build = T.build_model
+
+    def build_model(config):
+        built.append(_build(config))
+        return built[-1]
+
+    class RecordingSampler(T.ResumableSampler):
+        def __iter__(self):
+            seen.extend(self.indices()[self.start_batch * self.batch_size :])
+            return super().__iter__()
+
+    T.build_model, T.ResumableSampler = build_model, RecordingSampler
+    args = T.get_args_parser().parse_args(sys.argv[2:])
+    T.main(args)
+
+    def digest(tensors):
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    model = built[0]  # the trained one (rank 0 builds another for export only)
+    rank = int(os.environ["RANK"])
+    Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps({
+        "params": digest(p for _, p in sorted(model.named_parameters())),
+        "buffers": digest(b for _, b in sorted(model.named_buffers())),
+        "param_names": sorted(n for n, _ in model.named_parameters()),
+        "buffer_names": sorted(n for n, _ in model.named_buffers()),
+        "seen": seen,
+    }))
+    """
+)
+
+
+def _digest(tensors: Iterator[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_data: tuple[Path, int, int], tmp_path: Path) -> None:
+    data, split_seed, n_train = tiny_data
+    wrapper = tmp_path / "rank_wrapper.py"
+    wrapper.write_text(RANK_WRAPPER)
+    out, report = tmp_path / "ddp", tmp_path / "ranks"
+    report.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), "OMP_NUM_THREADS": "1"}
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(wrapper), str(report),
+        "--data", f"png:{data}", "--output-dir", str(out), "--epochs", "1", "--input-size", str(SIZE), "--batch-size", "2",
+        "--val-fraction", str(VAL_FRACTION), "--split-seed", str(split_seed), "--no-augment", "--threads", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
+
+    assert ranks[0]["params"] == ranks[1]["params"]  # gradients were all-reduced: one model, two processes
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # written by rank 0
+    assert _digest(ckpt["model"][k] for k in ranks[0]["param_names"]) == ranks[0]["params"]
+    assert _digest(ckpt["model"][k] for k in ranks[0]["buffer_names"]) == ranks[0]["buffers"]
+    # each rank trained on its own half of the (padded) training set
+    per_rank = math.ceil(n_train / 2)
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == per_rank
+    assert set(ranks[0]["seen"]) | set(ranks[1]["seen"]) == set(range(n_train))
+    assert ckpt["state"]["global_step"] == math.ceil(per_rank / 2) and ckpt["state"]["epoch"] == 1

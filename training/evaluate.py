@@ -1,0 +1,464 @@
+"""Evaluate a model artifact on a labelled folder of slices, with exactly the serving preprocessing.
+
+    python -m training.evaluate --data DIR [--model PATH] [--out FILE] [--plots DIR] [--scores FILE]
+
+``DIR/labels.csv`` lists ``path`` (relative to DIR: PNG, JPG or a DICOM slice) and ``hemorrhage`` (1/0; ``any``
+is accepted too), optionally ``patient_id``/``patient`` (confidence intervals then resample patients, since
+slices of one patient are not independent) and ``mask_path`` (lesion masks: the Grad-CAM pointing game).
+
+Each slice goes through the same stages as serving: :func:`training.data.read_picture` (a picture of any
+size or mode, or a DICOM slice windowed from HU, to the 8-bit brain window), :func:`fit_to_input` (head crop,
+square, resize; the picture repeated over the model's channels as in training) and :class:`SliceClassifier`.
+Scores are compared with the model's own operating threshold (``config.threshold``), never 0.5.
+
+Files that cannot be read are reported and skipped (counted in ``skipped``), never fatal. Exit codes: 0 done,
+2 the model or the labels cannot be used, or no slice could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from monai_app.picture_io import UnreadablePictureError
+from monai_app.pipeline.gradcam import Explainer
+from monai_app.pipeline.network import ModelArtifactError, ModelConfig, default_model_dir, load_artifact
+from monai_app.pipeline.preprocess import Box, fit_to_input, uncrop_map
+from monai_app.pipeline.slice_classifier import SliceClassifier, pick_device
+from training import metrics
+from training.data import Sample, read_labelled_folder
+
+logger = logging.getLogger(__name__)
+
+Statistic = Callable[[np.ndarray, np.ndarray], float]
+
+
+class EvaluationInputError(ValueError):
+    """The labels or the model cannot be used at all (as opposed to one unreadable file)."""
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    """One scored slice. ``pointing_hit`` is None when the slice is not part of the pointing game."""
+
+    key: str
+    group: str
+    label: int
+    score: float
+    pointing_hit: bool | None = None
+
+
+@dataclass
+class Scored:
+    """Everything the metrics need: the scored slices and what was skipped, with the reason."""
+
+    outcomes: list[SliceOutcome] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    mask_skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([o.label for o in self.outcomes], dtype=np.int64)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([o.score for o in self.outcomes], dtype=np.float64)
+
+    @property
+    def groups(self) -> list[str]:
+        return [o.group for o in self.outcomes]
+
+
+# ---------------------------------------------------------------- scoring
+@dataclass
+class _Loaded:
+    sample: Sample
+    gray: np.ndarray  # (Y, X) uint8 brain window
+    x: torch.Tensor  # (C, S, S) float32 model input
+    box: Box
+
+
+def _load(sample: Sample, config: ModelConfig) -> _Loaded:
+    """The serving preprocessing of one slice; raises UnreadablePictureError or ValueError for a bad file."""
+    gray = sample.load()
+    x, box = fit_to_input(np.repeat(gray[None], config.in_channels, axis=0), config.input_size, config.crop_to_head)
+    return _Loaded(sample, gray, x, box)
+
+
+def _mask_for(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The lesion mask as bool (Y, X) on the picture's grid (nearest-neighbour resized when the sizes differ)."""
+    assert sample.load_mask is not None
+    mask = np.asarray(sample.load_mask(), dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask is not 2D: shape {mask.shape}")
+    if mask.shape != shape:
+        logger.warning("%s: mask %s resized to the picture's %s", sample.key, mask.shape, shape)
+        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)
+        mask = np.asarray(img) > 0
+    return mask
+
+
+def pointing_hit(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """True when the map's maximum lies inside ``mask`` (both (Y, X) on the picture's grid).
+
+    A flat map (no maximum, e.g. all zero) points nowhere and counts as a miss; with ties at the maximum
+    the first one in row-major order is taken.
+    """
+    if cam.shape != mask.shape:
+        raise ValueError(f"map {cam.shape} and mask {mask.shape} differ")
+    if not np.isfinite(cam).all() or float(cam.max()) <= float(cam.min()):
+        return False
+    y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return bool(mask[y, x])
+
+
+def score_samples(
+    samples: Sequence[Sample],
+    classifier: SliceClassifier,
+    explainer: Explainer | None = None,
+    batch_size: int = 16,
+) -> Scored:
+    """Score every sample; Grad-CAM pointing game on positive samples with a mask when ``explainer`` is given.
+
+    Args:
+        samples: labelled slices (``load`` gives the 8-bit brain window; ``load_mask`` the lesion mask).
+        classifier: the model's slice classifier; its config fixes the preprocessing.
+        explainer: Grad-CAM for the pointing game, or None to skip it.
+        batch_size: slices read and classified at a time (memory stays bounded on large folders).
+
+    Returns:
+        :class:`Scored` with one outcome per readable sample, in input order, and the skipped files.
+    """
+    config = classifier.config
+    result = Scored()
+    started, done = time.time(), 0
+    for start in range(0, len(samples), batch_size):
+        loaded: list[_Loaded] = []
+        for sample in samples[start : start + batch_size]:
+            try:
+                loaded.append(_load(sample, config))
+            except (UnreadablePictureError, OSError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                logger.warning("skipped %s: %s", sample.key, reason)
+                result.skipped.append((sample.key, reason))
+        if not loaded:
+            continue
+        scores = classifier(torch.stack([item.x for item in loaded]))[:, 0]
+        hits = _pointing_game(loaded, explainer, result) if explainer is not None else {}
+        for i, (item, score) in enumerate(zip(loaded, scores, strict=True)):
+            result.outcomes.append(
+                SliceOutcome(item.sample.key, item.sample.group, item.sample.hemorrhage, float(score), hits.get(i))
+            )
+        done += len(loaded)
+        if (start // batch_size) % 20 == 19:
+            logger.info("scored %d/%d slices (%.1f/s)", done, len(samples), done / max(1e-6, time.time() - started))
+    return result
+
+
+def _pointing_game(loaded: list[_Loaded], explainer: Explainer, result: Scored) -> dict[int, bool]:
+    """Grad-CAM hit or miss for each positive slice with a non-empty mask, keyed by position in ``loaded``."""
+    masks: dict[int, np.ndarray] = {}
+    for i, item in enumerate(loaded):
+        if not item.sample.hemorrhage or item.sample.load_mask is None:
+            continue
+        try:
+            mask = _mask_for(item.sample, item.gray.shape)
+        except (OSError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            logger.warning("mask of %s skipped: %s", item.sample.key, reason)
+            result.mask_skipped.append((item.sample.key, reason))
+            continue
+        if mask.any():  # an empty mask on a positive slice cannot be hit; leave it out rather than count a miss
+            masks[i] = mask
+    if not masks:
+        return {}
+    order = sorted(masks)
+    maps = explainer(torch.stack([loaded[i].x for i in order]))
+    hits = {}
+    for i, cam in zip(order, maps, strict=True):
+        full = uncrop_map(cam, loaded[i].box, loaded[i].gray.shape)
+        hits[i] = pointing_hit(full, masks[i])
+    return hits
+
+
+# ---------------------------------------------------------------- statistics
+class Bootstrap:
+    """Percentile bootstrap that resamples groups (patients) when groups repeat, else single slices.
+
+    Every statistic sees the same resamples (same seed), so intervals of different metrics are paired.
+    """
+
+    def __init__(self, groups: Sequence[str], resamples: int = 1000, seed: int = 0) -> None:
+        self.resamples, self.seed = resamples, seed
+        names, inverse = np.unique(np.asarray(list(groups), dtype=str), return_inverse=True)
+        self.n = len(groups)
+        self.by_group = len(names) < self.n
+        order = np.argsort(inverse, kind="stable")
+        self._members = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]) if self.n else []
+
+    @property
+    def unit(self) -> str:
+        return "patient" if self.by_group else "slice"
+
+    def _draws(self) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        if not self.by_group:
+            return [rng.integers(0, self.n, self.n) for _ in range(self.resamples)]
+        g = len(self._members)
+        return [np.concatenate([self._members[k] for k in rng.integers(0, g, g)]) for _ in range(self.resamples)]
+
+    def ci95(self, labels: np.ndarray, values: np.ndarray, statistic: Statistic) -> list[float] | None:
+        """[2.5th, 97.5th] percentile of ``statistic`` over resamples; None when it is never defined."""
+        if self.n == 0 or self.resamples <= 0:
+            return None
+        labels, values = np.asarray(labels), np.asarray(values)
+        stats = [statistic(labels[idx], values[idx]) for idx in self._draws()]
+        finite = [v for v in stats if not math.isnan(v)]
+        if not finite:
+            return None
+        lo, hi = np.percentile(finite, [2.5, 97.5])
+        return [float(lo), float(hi)]
+
+
+def _operating(name: str, threshold: float) -> Statistic:
+    return lambda y, s: float(metrics.at_threshold(y, s, threshold)[name])
+
+
+def summarize(scored: Scored, config: ModelConfig, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The report: slice-level AUC and operating-point metrics at ``config.threshold`` with 95% CIs.
+
+    Undefined values (e.g. AUC with one class only) are None, so the JSON stays standard.
+    """
+    labels, scores, threshold = scored.labels, scored.scores, float(config.threshold)
+    boot = Bootstrap(scored.groups, resamples, seed)
+    op = metrics.at_threshold(labels, scores, threshold)
+    report: dict[str, Any] = {
+        "n": len(labels),
+        "n_positive": int(labels.sum()),
+        "n_negative": int(len(labels) - labels.sum()),
+        "threshold": threshold,
+        "auc": metrics.roc_auc(labels, scores) if len(labels) else float("nan"),
+        **{k: op[k] for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "tp", "fn", "tn", "fp")},
+    }
+    report["auc_ci95"] = boot.ci95(labels, scores, metrics.roc_auc)
+    for name in ("accuracy", "sensitivity", "specificity"):
+        report[f"{name}_ci95"] = boot.ci95(labels, scores, _operating(name, threshold))
+    hits = [(o.group, o.pointing_hit) for o in scored.outcomes if o.pointing_hit is not None]
+    if hits:
+        hit = np.array([h for _, h in hits], dtype=np.float64)
+        report["pointing_game"] = float(hit.mean())
+        report["pointing_game_n"] = len(hit)
+        report["pointing_game_ci95"] = Bootstrap([g for g, _ in hits], resamples, seed).ci95(hit, hit, lambda y, _: float(y.mean()))
+    report["confidence_intervals"] = {"method": "percentile bootstrap", "level": 0.95, "unit": boot.unit, "resamples": resamples, "seed": seed}
+    report["skipped"] = len(scored.skipped)
+    report["skipped_files"] = [{"path": k, "reason": r} for k, r in scored.skipped]
+    if scored.mask_skipped:
+        report["masks_skipped"] = [{"path": k, "reason": r} for k, r in scored.mask_skipped]
+    report["model"] = {"name": config.name, "version": config.version, "sha256": config.sha256}
+    return _json_safe(report)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf to None and numpy scalars to Python, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------- plots
+def write_plots(labels: np.ndarray, scores: np.ndarray, threshold: float, folder: Path, title: str = "") -> list[Path]:
+    """ROC, precision-recall, calibration and per-class score histograms as PNG files in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    op = metrics.at_threshold(labels, scores, threshold)
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    both = labels.any() and (~labels).any()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if both:
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"AUC {metrics.roc_auc(labels, scores):.3f}")
+        ax.plot([1 - op["specificity"]], [op["sensitivity"]], "o", label=f"threshold {threshold:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right")
+    save(fig, "roc.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if labels.any():
+        recall, precision = metrics.precision_recall_curve(labels, scores)
+        ax.plot(recall, precision, label="precision-recall")
+        ax.axhline(labels.mean(), ls=":", color="grey", label=f"prevalence {labels.mean():.3f}")
+        if not math.isnan(op["ppv"]):
+            ax.plot([op["sensitivity"]], [op["ppv"]], "o", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=f"Precision-recall {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    save(fig, "precision_recall.png")
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    mean_p, frac, count = metrics.calibration_bins(labels, scores)
+    used = count > 0
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax.plot(mean_p[used], frac[used], "o-", label="model")
+    for p, f, c in zip(mean_p[used], frac[used], count[used], strict=True):
+        ax.annotate(str(int(c)), (p, f), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive fraction", title=f"Calibration {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="upper left")
+    save(fig, "calibration.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"no hemorrhage (n={int((~labels).sum())})")
+    ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"hemorrhage (n={int(labels.sum())})")
+    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="slice probability", ylabel="slices", title=f"Scores by class {title}".strip(), yscale="log" if len(scores) > 200 else "linear")
+    ax.legend()
+    save(fig, "score_histogram.png")
+    return written
+
+
+# ---------------------------------------------------------------- CLI
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate an ICH model artifact on a labelled folder of slices", add_help=add_help)
+    p.add_argument("--data", required=True, help="folder with labels.csv (path, hemorrhage|any[, patient_id][, mask_path])")
+    p.add_argument("--model", default=None, help="model artifact folder (default: the bundled model)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--plots", default=None, help="write ROC, precision-recall, calibration and histogram PNGs here")
+    p.add_argument("--scores", default=None, help="write per-slice scores (CSV: path, label, score) here")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="as serving: 'auto' is bf16 where native")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-pointing-game", action="store_true", help="skip Grad-CAM even when masks are given")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _load_model(path: str | None, device: torch.device) -> tuple[torch.nn.Module, ModelConfig]:
+    """Load the artifact; EvaluationInputError with one line when it is missing or unusable."""
+    folder = Path(path).expanduser() if path is not None else default_model_dir()
+    if not folder.exists():
+        raise EvaluationInputError(f"model not found: {folder}")
+    try:
+        return load_artifact(folder, device)
+    except ModelArtifactError as exc:
+        raise EvaluationInputError(_one_line(exc)) from exc
+    except (OSError, RuntimeError, ValueError) as exc:  # corrupt weights, wrong architecture for the config
+        raise EvaluationInputError(f"cannot load model {folder}: {_one_line(exc)}") from exc
+
+
+def _read_labels(data: Path) -> tuple[list[Sample], bool]:
+    """The samples of ``data/labels.csv`` and whether it has a ``mask_path`` column."""
+    try:
+        samples = read_labelled_folder(data)
+    except (OSError, ValueError, KeyError) as exc:
+        raise EvaluationInputError(f"cannot read labels of {data}: {_one_line(exc)}") from exc
+    with open(data / "labels.csv", newline="") as fh:
+        has_masks = "mask_path" in (csv.DictReader(fh).fieldnames or [])
+    return samples, has_masks
+
+
+def _fmt(value: float | None, ci: list[float] | None = None, digits: int = 3) -> str:
+    text = "n/a" if value is None else f"{value:.{digits}f}"
+    return f"{text}  [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    m = report["model"]
+    lines = [
+        f"model     {m['name']} {m['version']} (sha256 {m['sha256'][:12] or 'not recorded'})",
+        f"slices    {report['n']} ({report['n_positive']} hemorrhage, {report['n_negative']} none); skipped {report['skipped']}",
+        f"AUC       {_fmt(report['auc'], report['auc_ci95'])}",
+        f"threshold {report['threshold']:.4f} (the model's operating point)",
+        f"sensitivity {_fmt(report['sensitivity'], report['sensitivity_ci95'])}  ({report['tp']} of {report['tp'] + report['fn']})",
+        f"specificity {_fmt(report['specificity'], report['specificity_ci95'])}  ({report['tn']} of {report['tn'] + report['fp']})",
+        f"accuracy  {_fmt(report['accuracy'], report['accuracy_ci95'])}",
+    ]
+    if "pointing_game" in report:
+        lines.append(f"pointing game {_fmt(report['pointing_game'], report['pointing_game_ci95'])}  (Grad-CAM maximum inside the mask, {report['pointing_game_n']} positive slices)")
+    lines.append(f"95% intervals: {report['confidence_intervals']['method']} over {report['confidence_intervals']['unit']}s")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data = Path(args.data).expanduser()
+    try:
+        samples, has_masks = _read_labels(data)
+        model, config = _load_model(args.model, pick_device(args.device))
+        classifier = SliceClassifier(model, config, batch_size=args.batch_size, precision=args.precision)
+        explainer = Explainer(model, config) if has_masks and not args.no_pointing_game else None
+    except (EvaluationInputError, ValueError) as exc:  # ValueError: e.g. a Grad-CAM layer missing from the model
+        print(f"evaluate: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    logger.info("evaluating %d slices of %s with %s %s (%s, %s)", len(samples), data, config.name, config.version, classifier.device, classifier.precision)
+
+    scored = score_samples(samples, classifier, explainer, args.batch_size)
+    if not scored.outcomes:
+        print(f"evaluate: error: none of the {len(samples)} slices in {data} could be read", file=sys.stderr)
+        return 2
+    report = summarize(scored, config, args.bootstrap, args.seed)
+    report["data"] = str(data)
+    report["precision"] = classifier.precision
+    print(format_summary(report))
+
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        print(f"report    {out}")
+    if args.scores:
+        path = Path(args.scores).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "score", "pointing_hit"])
+            for o in scored.outcomes:
+                writer.writerow([o.key, o.label, repr(o.score), "" if o.pointing_hit is None else int(o.pointing_hit)])
+        print(f"scores    {path}")
+    if args.plots:
+        paths = write_plots(scored.labels, scored.scores, config.threshold, Path(args.plots).expanduser(), f"({config.name} {config.version})")
+        print(f"plots     {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
