@@ -114,15 +114,19 @@ pyproject requirements "$stage/app/requirements.txt"
 
 model_name="$(basename "$(cd "$model" && pwd)")"
 mkdir -p "$stage/models/$model_name"
-cp -pR "$model"/. "$stage/models/$model_name/"
+cp -R "$model"/. "$stage/models/$model_name/"
 cp -p "$repo/app.yaml" "$stage/app.yaml"
 for doc in README.md LICENSE docs/pacs-admin-guide.md docs/scale-out.md "$model/MODEL_CARD.md"; do
     src="$doc"
     [[ "$src" == /* ]] || src="$repo/$doc"
     if [[ -f "$src" ]]; then
-        cp -p "$src" "$stage/docs/"
+        cp "$src" "$stage/docs/"
     fi
 done
+
+# The MAP runs as a non-root user: everything staged must be readable by all (a model exported by training is
+# written 0600, and the packager's COPY keeps modes).
+chmod -R u+rwX,go+rX,go-w "$stage"
 
 cmd=(monai-deploy package "$stage/app" --config "$stage/app.yaml" --models "$stage/models" --docs "$stage/docs"
      --tag "$tag" --platform "$platform" "${extra[@]}")

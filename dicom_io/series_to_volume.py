@@ -30,7 +30,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_io.errors import NotAnalyzedError
@@ -238,11 +238,14 @@ def _padding_mask(stored: np.ndarray, header: Dataset) -> np.ndarray | None:
         return None
     value = _signed_if_needed(int(value), header)
     limit = header.get("PixelPaddingRangeLimit", None)
+    mask: np.ndarray
     if limit is None or limit == "":
-        return stored == value
-    limit = _signed_if_needed(int(limit), header)
-    lo, hi = min(value, limit), max(value, limit)
-    return (stored >= lo) & (stored <= hi)
+        mask = stored == value
+    else:
+        limit = _signed_if_needed(int(limit), header)
+        lo, hi = min(value, limit), max(value, limit)
+        mask = (stored >= lo) & (stored <= hi)
+    return mask
 
 
 def _signed_if_needed(value: int, header: Dataset) -> int:
@@ -350,8 +353,8 @@ def _check_uniform(series: SeriesInfo, where: str) -> None:
         _check_image_header(h, inst.path)
         key = (int(h.Rows), int(h.Columns))
         sizes[key] = sizes.get(key, 0) + 1
-        sp = tuple(round(float(v), 4) for v in h.PixelSpacing)
-        spacings[sp] = spacings.get(sp, 0) + 1  # type: ignore[index]
+        sp = (round(float(h.PixelSpacing[0]), 4), round(float(h.PixelSpacing[1]), 4))
+        spacings[sp] = spacings.get(sp, 0) + 1
         iop = np.asarray([float(v) for v in h.ImageOrientationPatient], dtype=np.float64)
         if first_iop is None:
             first_iop = iop

@@ -58,6 +58,8 @@ from dicom_io.spool import InvalidUidError, Spool, StoreOutcome, check_uid
 
 LOGGER = logging.getLogger(__name__)
 
+ACSE_TIMEOUT_SECONDS = 10.0
+
 PROCESSED_SOP_CLASSES: frozenset[str] = frozenset({str(CTImageStorage), str(EnhancedCTImageStorage)})
 
 ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
@@ -200,7 +202,9 @@ class StoreSCP:
 
         ae = AE(ae_title=ae_title)
         ae.maximum_associations = max_associations
-        ae.acse_timeout = network_timeout
+        # A connection holds an association slot until its A-ASSOCIATE-RQ arrives or this runs out (pynetdicom
+        # does not notice a peer that connects and hangs up): keep it short so idle sockets cannot starve peers.
+        ae.acse_timeout = min(network_timeout, ACSE_TIMEOUT_SECONDS)
         ae.dimse_timeout = network_timeout
         ae.network_timeout = network_timeout
         ae.require_called_aet = True

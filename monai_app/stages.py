@@ -93,7 +93,7 @@ def pick_study(scan_result: ScanResult, study_uid: str | None = None) -> StudyIn
 def select(study: StudyInfo, app_config: AppConfig) -> Selected:
     """Pick the series to analyse by the site's selection rules."""
     rules = load_selection_rules(app_config.selection_rules)
-    return Selected(study=study, series=select_series(study, rules))
+    return Selected(study=study, series=select_series(study, rules, target_thickness_mm=app_config.slab_mm))
 
 
 def prepare(selected: Selected, config: ModelConfig, app_config: AppConfig) -> Prepared:

@@ -41,7 +41,7 @@ from monai_app.pipeline.slice_classifier import SliceClassifier, pick_device
 from training import metrics
 from training.data import Sample, read_labelled_folder
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("training.evaluate")  # not __main__ under python -m
 
 Statistic = Callable[[np.ndarray, np.ndarray], float]
 
@@ -100,13 +100,14 @@ def _load(sample: Sample, config: ModelConfig) -> _Loaded:
 
 def _mask_for(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     """The lesion mask as bool (Y, X) on the picture's grid (nearest-neighbour resized when the sizes differ)."""
-    assert sample.load_mask is not None
+    if sample.load_mask is None:
+        raise ValueError("no mask")
     mask = np.asarray(sample.load_mask(), dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask is not 2D: shape {mask.shape}")
     if mask.shape != shape:
         logger.warning("%s: mask %s resized to the picture's %s", sample.key, mask.shape, shape)
-        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)
+        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
         mask = np.asarray(img) > 0
     return mask
 
@@ -237,10 +238,21 @@ def _operating(name: str, threshold: float) -> Statistic:
     return lambda y, s: float(metrics.at_threshold(y, s, threshold)[name])
 
 
-def summarize(scored: Scored, config: ModelConfig, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    scored: Scored, config: ModelConfig, resamples: int = 1000, seed: int = 0, pointing_game: bool | None = None
+) -> dict[str, Any]:
     """The report: slice-level AUC and operating-point metrics at ``config.threshold`` with 95% CIs.
 
-    Undefined values (e.g. AUC with one class only) are None, so the JSON stays standard.
+    Args:
+        scored: the output of :func:`score_samples`.
+        config: the model's config (threshold and identity).
+        resamples: bootstrap resamples (0: no intervals).
+        seed: bootstrap seed.
+        pointing_game: report the pointing game (None: when any slice took part in it). When asked for and
+            no positive slice had a usable mask, its keys are present with None.
+
+    Returns:
+        A JSON-ready dict; undefined values (e.g. AUC with one class only) are None.
     """
     labels, scores, threshold = scored.labels, scored.scores, float(config.threshold)
     boot = Bootstrap(scored.groups, resamples, seed)
@@ -257,18 +269,27 @@ def summarize(scored: Scored, config: ModelConfig, resamples: int = 1000, seed: 
     for name in ("accuracy", "sensitivity", "specificity"):
         report[f"{name}_ci95"] = boot.ci95(labels, scores, _operating(name, threshold))
     hits = [(o.group, o.pointing_hit) for o in scored.outcomes if o.pointing_hit is not None]
-    if hits:
+    if pointing_game or (pointing_game is None and hits):
         hit = np.array([h for _, h in hits], dtype=np.float64)
-        report["pointing_game"] = float(hit.mean())
+        report["pointing_game"] = float(hit.mean()) if len(hit) else None
         report["pointing_game_n"] = len(hit)
-        report["pointing_game_ci95"] = Bootstrap([g for g, _ in hits], resamples, seed).ci95(hit, hit, lambda y, _: float(y.mean()))
-    report["confidence_intervals"] = {"method": "percentile bootstrap", "level": 0.95, "unit": boot.unit, "resamples": resamples, "seed": seed}
+        report["pointing_game_ci95"] = Bootstrap([g for g, _ in hits], resamples, seed).ci95(
+            hit, hit, lambda y, _: float(y.mean())
+        )
+    report["confidence_intervals"] = {
+        "method": "percentile bootstrap",
+        "level": 0.95,
+        "unit": boot.unit,
+        "resamples": resamples,
+        "seed": seed,
+    }
     report["skipped"] = len(scored.skipped)
     report["skipped_files"] = [{"path": k, "reason": r} for k, r in scored.skipped]
     if scored.mask_skipped:
         report["masks_skipped"] = [{"path": k, "reason": r} for k, r in scored.mask_skipped]
     report["model"] = {"name": config.name, "version": config.version, "sha256": config.sha256}
-    return _json_safe(report)
+    safe: dict[str, Any] = _json_safe(report)
+    return safe
 
 
 def _json_safe(value: Any) -> Any:
@@ -322,7 +343,13 @@ def write_plots(labels: np.ndarray, scores: np.ndarray, threshold: float, folder
         ax.axhline(labels.mean(), ls=":", color="grey", label=f"prevalence {labels.mean():.3f}")
         if not math.isnan(op["ppv"]):
             ax.plot([op["sensitivity"]], [op["ppv"]], "o", label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=f"Precision-recall {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        title=f"Precision-recall {title}".strip(),
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="lower left")
     save(fig, "precision_recall.png")
 
@@ -333,16 +360,27 @@ def write_plots(labels: np.ndarray, scores: np.ndarray, threshold: float, folder
     ax.plot(mean_p[used], frac[used], "o-", label="model")
     for p, f, c in zip(mean_p[used], frac[used], count[used], strict=True):
         ax.annotate(str(int(c)), (p, f), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set(xlabel="mean predicted probability", ylabel="observed positive fraction", title=f"Calibration {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed positive fraction",
+        title=f"Calibration {title}".strip(),
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="upper left")
     save(fig, "calibration.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"no hemorrhage (n={int((~labels).sum())})")
     ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"hemorrhage (n={int(labels.sum())})")
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="slice probability", ylabel="slices", title=f"Scores by class {title}".strip(), yscale="log" if len(scores) > 200 else "linear")
+    ax.set(
+        xlabel="slice probability",
+        ylabel="slices",
+        title=f"Scores by class {title}".strip(),
+        yscale="log" if len(scores) > 200 else "linear",
+    )
     ax.legend()
     save(fig, "score_histogram.png")
     return written
@@ -350,14 +388,20 @@ def write_plots(labels: np.ndarray, scores: np.ndarray, threshold: float, folder
 
 # ---------------------------------------------------------------- CLI
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate an ICH model artifact on a labelled folder of slices", add_help=add_help)
-    p.add_argument("--data", required=True, help="folder with labels.csv (path, hemorrhage|any[, patient_id][, mask_path])")
+    p = argparse.ArgumentParser(
+        description="Evaluate an ICH model artifact on a labelled folder of slices", add_help=add_help
+    )
+    p.add_argument(
+        "--data", required=True, help="folder with labels.csv (path, hemorrhage|any[, patient_id][, mask_path])"
+    )
     p.add_argument("--model", default=None, help="model artifact folder (default: the bundled model)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--plots", default=None, help="write ROC, precision-recall, calibration and histogram PNGs here")
     p.add_argument("--scores", default=None, help="write per-slice scores (CSV: path, label, score) here")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="as serving: 'auto' is bf16 where native")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="as serving: 'auto' is bf16 where native"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
@@ -411,14 +455,21 @@ def format_summary(report: dict[str, Any]) -> str:
         f"accuracy  {_fmt(report['accuracy'], report['accuracy_ci95'])}",
     ]
     if "pointing_game" in report:
-        lines.append(f"pointing game {_fmt(report['pointing_game'], report['pointing_game_ci95'])}  (Grad-CAM maximum inside the mask, {report['pointing_game_n']} positive slices)")
-    lines.append(f"95% intervals: {report['confidence_intervals']['method']} over {report['confidence_intervals']['unit']}s")
+        lines.append(
+            f"pointing game {_fmt(report['pointing_game'], report['pointing_game_ci95'])}  (Grad-CAM maximum inside the mask, {report['pointing_game_n']} positive slices)"
+        )
+    lines.append(
+        f"95% intervals: {report['confidence_intervals']['method']} over {report['confidence_intervals']['unit']}s"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     data = Path(args.data).expanduser()
     try:
         samples, has_masks = _read_labels(data)
@@ -428,13 +479,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EvaluationInputError, ValueError) as exc:  # ValueError: e.g. a Grad-CAM layer missing from the model
         print(f"evaluate: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    logger.info("evaluating %d slices of %s with %s %s (%s, %s)", len(samples), data, config.name, config.version, classifier.device, classifier.precision)
+    logger.info(
+        "evaluating %d slices of %s with %s %s (%s, %s)",
+        len(samples),
+        data,
+        config.name,
+        config.version,
+        classifier.device,
+        classifier.precision,
+    )
 
     scored = score_samples(samples, classifier, explainer, args.batch_size)
     if not scored.outcomes:
         print(f"evaluate: error: none of the {len(samples)} slices in {data} could be read", file=sys.stderr)
         return 2
-    report = summarize(scored, config, args.bootstrap, args.seed)
+    report = summarize(scored, config, args.bootstrap, args.seed, pointing_game=explainer is not None)
     report["data"] = str(data)
     report["precision"] = classifier.precision
     print(format_summary(report))
@@ -454,11 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer.writerow([o.key, o.label, repr(o.score), "" if o.pointing_hit is None else int(o.pointing_hit)])
         print(f"scores    {path}")
     if args.plots:
-        paths = write_plots(scored.labels, scored.scores, config.threshold, Path(args.plots).expanduser(), f"({config.name} {config.version})")
+        paths = write_plots(
+            scored.labels,
+            scored.scores,
+            config.threshold,
+            Path(args.plots).expanduser(),
+            f"({config.name} {config.version})",
+        )
         print(f"plots     {', '.join(str(p) for p in paths)}")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

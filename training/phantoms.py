@@ -44,7 +44,6 @@ from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -276,7 +275,7 @@ class _Grid:
         y = (-px * sy + py * cy)[None]
         return x, y, pz
 
-    def box_of(self, centre: Sequence[float], radius: float) -> tuple[slice, slice, slice] | None:
+    def box_of(self, centre: Sequence[float] | np.ndarray, radius: float) -> tuple[slice, slice, slice] | None:
         """Index box holding every voxel within ``radius`` mm of ``centre`` (head frame); None if outside."""
         cx, cy, cz = centre
         # head frame -> patient (inverse yaw), then the affine patient -> index map, at the 8 corners
@@ -514,8 +513,8 @@ def _paint_bleed(
         sides = [float(rng.choice([-1.0, 1.0]))] if rng.random() < 0.5 else [-1.0, 1.0]
         level = float(rng.uniform(5.0, 20.0))  # posterior of this y (dependent part, supine) fills with blood
         for sx in sides:
-            for centre, radius in (((sx * 17.0, 27.0, 11.0), 12.0), ((sx * 9.5, -4.0, 18.0), 27.0)):
-                box = grid.box_of(centre, radius)
+            for horn, radius in (((sx * 17.0, 27.0, 11.0), 12.0), ((sx * 9.5, -4.0, 18.0), 27.0)):
+                box = grid.box_of(horn, radius)
                 if box is None:
                     continue
                 _, by, _ = grid.coords(box)
@@ -556,7 +555,7 @@ def _outside_fov(size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- DICOM
 def available_transfer_syntaxes() -> tuple[UID, ...]:
     """Transfer syntaxes :func:`write_dicom_series` can write with the packages installed here."""
-    from pydicom.pixels import get_encoder
+    from pydicom.pixels.encoders.base import get_encoder
 
     out = list(NATIVE_TRANSFER_SYNTAXES)
     out += [uid for uid in PYDICOM_ENCODED_TRANSFER_SYNTAXES if get_encoder(uid).is_available]
@@ -836,7 +835,3 @@ def phantom_series(spec: PhantomSpec, folder: str | Path, **kwargs: object) -> t
     phantom = make_phantom(spec)
     return phantom, write_dicom_series(phantom, folder, **kwargs)  # type: ignore[arg-type]
 
-
-def read_back(paths: Sequence[str | Path]) -> list[Dataset]:
-    """Datasets of written files (tests and demos); a thin wrapper over ``pydicom.dcmread``."""
-    return [pydicom.dcmread(p) for p in paths]

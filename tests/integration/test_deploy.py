@@ -806,6 +806,8 @@ def test_stage_only_produces_the_packager_input(staged: Path, untrained_model: P
     ):
         assert (app / rel).is_file(), f"staged app lacks {rel}"
     assert not list(app.rglob("__pycache__")), "caches staged"
+    unreadable = [p for p in staged.rglob("*") if p.stat().st_mode & 0o444 != 0o444]
+    assert not unreadable, f"the MAP runs as a non-root user; not world-readable: {unreadable[:5]}"
     assert not (app / "monai_app" / "models").exists(), "the model belongs in models/, not inside the app"
     for name in ("config.json", "model.pt"):
         assert sha256(staged / "models" / "ich-resnet50" / name) == sha256(untrained_model / name)

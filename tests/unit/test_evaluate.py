@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from training.data import read_picture
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 HEAD_CENTER = (48, 40)  # (y, x): the head sits left of the picture centre, so a naive resize of the map misses
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: the model is tiny and the machine may be busy; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def head_picture(lesion: tuple[int, int] | None, shape: tuple[int, int] = (96, 128), seed: int = 0) -> np.ndarray:
@@ -120,7 +130,9 @@ def artifact(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
     save_artifact(model, config, folder)
     scores = pipeline_scores(folder, dataset, [f"s{i}.{'jpg' if i == 3 else 'png'}" for i in range(8)])
     labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
-    assert len(np.unique(scores)) == 8 and 0 < metrics.roc_auc(labels, scores) < 1, "the checks below need overlapping scores"
+    assert len(np.unique(scores)) == 8 and 0 < metrics.roc_auc(labels, scores) < 1, (
+        "the checks below need overlapping scores"
+    )
     threshold = float(np.sort(scores)[3:5].mean())  # four slices on each side
     save_artifact(model, replace(config, threshold=threshold), folder)
     return folder
@@ -129,11 +141,18 @@ def artifact(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
 def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [r["path"] for r in rows], np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows]), [r["pointing_hit"] for r in rows]
+    return (
+        [r["path"] for r in rows],
+        np.array([int(r["label"]) for r in rows]),
+        np.array([float(r["score"]) for r in rows]),
+        [r["pointing_hit"] for r in rows],
+    )
 
 
 # ---------------------------------------------------------------- evaluate
-def test_report_matches_scores_threshold_and_skips_unreadable(dataset: Path, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_matches_scores_threshold_and_skips_unreadable(
+    dataset: Path, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, scores_csv, plots = tmp_path / "report.json", tmp_path / "scores.csv", tmp_path / "plots"
     argv = ["--data", str(dataset), "--model", str(artifact), "--out", str(out), "--scores", str(scores_csv)]
     rc = evaluate.main([*argv, "--plots", str(plots), "--precision", "fp32", "--bootstrap", "200"])
@@ -149,7 +168,11 @@ def test_report_matches_scores_threshold_and_skips_unreadable(dataset: Path, art
     assert report["n"] == 8 and report["n_positive"] == 4
     assert report["skipped"] == 3
     assert sorted(f["path"] for f in report["skipped_files"]) == ["garbage.png", "missing.png", "truncated.png"]
-    assert report["model"] == {"name": config.name, "version": "0.0.1-test", "sha256": hashlib.sha256((artifact / "model.pt").read_bytes()).hexdigest()}
+    assert report["model"] == {
+        "name": config.name,
+        "version": "0.0.1-test",
+        "sha256": hashlib.sha256((artifact / "model.pt").read_bytes()).hexdigest(),
+    }
     assert report["confidence_intervals"]["unit"] == "patient"  # patient_id repeats: resample patients
 
     names, labels, scores, _ = read_scores(scores_csv)
@@ -172,7 +195,18 @@ def test_report_matches_scores_threshold_and_skips_unreadable(dataset: Path, art
 
 def test_any_column_without_masks_has_no_pointing_game(tmp_path: Path, artifact: Path) -> None:
     write_dataset(tmp_path / "d", label_column="any")
-    rc = evaluate.main(["--data", str(tmp_path / "d"), "--model", str(artifact), "--out", str(tmp_path / "r.json"), "--bootstrap", "20"])
+    rc = evaluate.main(
+        [
+            "--data",
+            str(tmp_path / "d"),
+            "--model",
+            str(artifact),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--bootstrap",
+            "20",
+        ]
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and report["n"] == 8 and report["n_positive"] == 4
     assert "pointing_game" not in report
@@ -189,11 +223,26 @@ class CentrePeakExplainer:
         return np.repeat(self.map[None], len(inputs), axis=0)
 
 
-def test_pointing_game_maps_back_through_the_head_crop(dataset: Path, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pointing_game_maps_back_through_the_head_crop(
+    dataset: Path, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The input centre is the head centre (the crop is centred on the head, which is left of the picture centre):
     # slices whose mask is at the head centre are hits, the two with an off-centre lesion are misses.
     monkeypatch.setattr(evaluate, "Explainer", CentrePeakExplainer)
-    rc = evaluate.main(["--data", str(dataset), "--model", str(artifact), "--out", str(tmp_path / "r.json"), "--scores", str(tmp_path / "s.csv"), "--bootstrap", "20"])
+    rc = evaluate.main(
+        [
+            "--data",
+            str(dataset),
+            "--model",
+            str(artifact),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--scores",
+            str(tmp_path / "s.csv"),
+            "--bootstrap",
+            "20",
+        ]
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     names, _, _, hits = read_scores(tmp_path / "s.csv")
     assert rc == 0
@@ -210,7 +259,9 @@ def test_pointing_hit() -> None:
     assert not evaluate.pointing_hit(cam, mask)
     mask[2, 3] = True
     assert evaluate.pointing_hit(cam, mask)
-    assert not evaluate.pointing_hit(np.zeros((10, 12), np.float32), np.ones((10, 12), bool))  # a flat map points nowhere
+    assert not evaluate.pointing_hit(
+        np.zeros((10, 12), np.float32), np.ones((10, 12), bool)
+    )  # a flat map points nowhere
     with pytest.raises(ValueError):
         evaluate.pointing_hit(cam, mask[:5])
 
@@ -238,7 +289,6 @@ def raw_gradcam(model: torch.nn.Module, x: torch.Tensor, layer_name: str = "laye
 )
 def test_gradcam_map_is_high_where_raw_gradcam_is_high() -> None:
     """Explainer's map against Grad-CAM computed by hand (ReLU(sum_k mean(dy/dA_k) A_k)) on layer4."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     config = ModelConfig(input_size=96)
     x = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(0)) * 0.2
     x[..., 16:48, 48:88] = 1.0
@@ -258,8 +308,22 @@ def test_gradcam_map_is_high_where_raw_gradcam_is_high() -> None:
 def test_missing_model_is_one_line_exit_2(tmp_path: Path, dataset: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--data", str(dataset), "--model", str(tmp_path / "nowhere"), "--log-level", "ERROR"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--data",
+            str(dataset),
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--log-level",
+            "ERROR",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
@@ -267,7 +331,9 @@ def test_missing_model_is_one_line_exit_2(tmp_path: Path, dataset: Path) -> None
     assert "Traceback" not in proc.stderr
 
 
-def test_bundled_model_missing_and_bad_labels_exit_2(tmp_path: Path, dataset: Path, artifact: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundled_model_missing_and_bad_labels_exit_2(
+    tmp_path: Path, dataset: Path, artifact: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(evaluate, "default_model_dir", lambda: tmp_path / "bundled" / "ich-resnet50")
     assert evaluate.main(["--data", str(dataset)]) == 2
     err = capsys.readouterr().err.strip()
@@ -281,6 +347,18 @@ def test_bundled_model_missing_and_bad_labels_exit_2(tmp_path: Path, dataset: Pa
     assert "none of the 2 slices" in capsys.readouterr().err
 
 
+def test_summary_is_strict_json_when_metrics_are_undefined() -> None:
+    # one class only: AUC and sensitivity are undefined; the pointing game was asked for but nobody had a mask
+    scored = evaluate.Scored(outcomes=[evaluate.SliceOutcome(f"s{i}", f"p{i}", 0, 0.1 * i) for i in range(5)])
+    report = evaluate.summarize(scored, ModelConfig(threshold=0.25), resamples=30, pointing_game=True)
+    text = json.dumps(report, allow_nan=False)  # raises on NaN
+    assert report["auc"] is None and report["sensitivity"] is None and report["auc_ci95"] is None
+    assert report["specificity"] == pytest.approx(3 / 5) and report["n"] == 5
+    assert report["pointing_game"] is None and report["pointing_game_n"] == 0
+    assert "pointing_game" not in evaluate.summarize(scored, ModelConfig(), resamples=0)
+    assert "n/a" in evaluate.format_summary(json.loads(text))
+
+
 def test_bootstrap_resamples_patients_together() -> None:
     groups = ["a", "a", "a", "b", "c", "c"]
     boot = evaluate.Bootstrap(groups, resamples=50, seed=1)
@@ -291,7 +369,9 @@ def test_bootstrap_resamples_patients_together() -> None:
             assert drawn.count(g) % groups.count(g) == 0
     assert evaluate.Bootstrap(["x", "y", "z"]).unit == "slice"
     y = np.array([0, 1, 0, 1, 1, 0])
-    assert boot.ci95(y, y.astype(float), lambda a, _: float(a.mean())) == boot.ci95(y, y.astype(float), lambda a, _: float(a.mean()))
+    assert boot.ci95(y, y.astype(float), lambda a, _: float(a.mean())) == boot.ci95(
+        y, y.astype(float), lambda a, _: float(a.mean())
+    )
 
 
 # ---------------------------------------------------------------- metrics
@@ -323,7 +403,11 @@ def test_at_threshold_counts() -> None:
     op = metrics.at_threshold(labels, scores, 0.5)  # positive means score >= threshold
     assert (op["tp"], op["fp"], op["tn"], op["fn"]) == (2, 1, 1, 1)
     assert op["sensitivity"] == pytest.approx(2 / 3) and op["specificity"] == pytest.approx(1 / 2)
-    assert op["accuracy"] == pytest.approx(3 / 5) and op["ppv"] == pytest.approx(2 / 3) and op["npv"] == pytest.approx(1 / 2)
+    assert (
+        op["accuracy"] == pytest.approx(3 / 5)
+        and op["ppv"] == pytest.approx(2 / 3)
+        and op["npv"] == pytest.approx(1 / 2)
+    )
     assert np.isnan(metrics.at_threshold(np.zeros(3), np.ones(3), 0.5)["sensitivity"])
 
 

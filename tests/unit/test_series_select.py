@@ -298,3 +298,37 @@ def test_real_cq500_series_is_selected_despite_its_description() -> None:
 def test_real_single_slice_study_has_too_few_slices() -> None:
     err = _reason(_only_study(SHARED_DATA / "cq500-dicom" / "CQ500-CT-1"))
     assert err.reason is NotAnalyzedReason.TOO_FEW_SLICES
+
+
+# --------------------------------------------------------------------------- the SDK's own matcher agrees
+@pytest.mark.slow
+def test_default_rules_select_the_same_series_in_the_sdk_selector(tmp_path: Path, phantom_study) -> None:
+    """The shipped rules file is valid SDK input: the SDK's DICOMSeriesSelectorOperator loads it (ignoring our
+    ``ich_triage`` extensions) and picks the same CT series among CT, MR and localizer series."""
+    selector_module = pytest.importorskip("monai.deploy.operators.dicom_series_selector_operator")
+    loader_module = pytest.importorskip("monai.deploy.operators.dicom_data_loader_operator")
+    from monai.deploy.core import Fragment
+
+    uid = generate_uid()
+    ct = phantom_study(tmp_path / "in" / "ct", study_instance_uid=uid, n_slices=6, series_description="ct")
+    phantom_study(tmp_path / "in" / "mr", study_instance_uid=uid, n_slices=6, modality="MR", series_description="mr")
+    phantom_study(tmp_path / "in" / "scout", study_instance_uid=uid, n_slices=6, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_description="scout")
+
+    fragment = Fragment()
+    loader = loader_module.DICOMDataLoaderOperator(fragment, name="loader")
+    selector = selector_module.DICOMSeriesSelectorOperator(fragment, name="selector")
+    studies = loader.load_data_to_studies(tmp_path / "in")
+    chosen = selector.filter(json.loads(DEFAULT_RULES_PATH.read_text()), studies, all_matched=True)
+    sdk_uids = [s.series.SeriesInstanceUID for study in chosen for s in study.selected_series]
+    assert sdk_uids == [ct.series_instance_uid]
+    assert select_series(_only_study(tmp_path / "in"), RULES).series_instance_uid == ct.series_instance_uid
+
+
+def test_not_analyzed_error_survives_pickling_between_processes() -> None:
+    import pickle
+
+    err = NotAnalyzedError(NotAnalyzedReason.TOO_FEW_SLICES, "study 1.2.3: 2 slices", study_instance_uid="1.2.3")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.reason, back.message, back.study_instance_uid, str(back)) == (err.reason, err.message, "1.2.3", str(err))
+    with pytest.raises(TypeError):
+        NotAnalyzedError("too_few_slices", "a plain string is not a reason")  # type: ignore[arg-type]

@@ -116,7 +116,9 @@ def test_a_few_steps_lower_the_loss_on_the_batch(tiny_data: tuple[Path, int, int
     for epoch in range(3):  # one batch per epoch: three optimizer steps on the same eight slices
         sampler.set_epoch(epoch)
         state["batch"] = 0
-        epoch_loss = train.train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch, args, state, lambda: False)
+        epoch_loss = train.train_one_epoch(
+            model, optimizer, loader, torch.device("cpu"), epoch, args, state, lambda: False
+        )
         assert math.isfinite(epoch_loss)
     after = batch_loss()
     assert state["global_step"] == 3
@@ -130,7 +132,11 @@ def test_masked_bce_ignores_unknown_labels_and_weighs_positives() -> None:
     labels[1, 0] = 0.0
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     # 'any' counts twice (x2), positives of 'any' weigh pos_weight; NaN entries are out of both sum and count
-    expected = (2 * 1.4 * bce(logits[0, 0], torch.tensor(1.0)) + bce(logits[0, 3], torch.tensor(0.0)) + 2 * bce(logits[1, 0], torch.tensor(0.0))) / 3
+    expected = (
+        2 * 1.4 * bce(logits[0, 0], torch.tensor(1.0))
+        + bce(logits[0, 3], torch.tensor(0.0))
+        + 2 * bce(logits[1, 0], torch.tensor(0.0))
+    ) / 3
     assert float(train.masked_bce(logits, labels, 1.4)) == pytest.approx(float(expected), rel=1e-6)
     changed = logits.clone()
     changed[0, 1] = 50.0  # an unknown label's logit does not matter
@@ -156,7 +162,9 @@ def test_sampler_shards_and_resumes_at_the_batch() -> None:
 
 # ---------------------------------------------------------------- resume and export
 @pytest.mark.slow
-def test_resume_continues_at_the_exact_step_and_export_loads(tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None) -> None:
+def test_resume_continues_at_the_exact_step_and_export_loads(
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None
+) -> None:
     data, split_seed, n_train = tiny_data
     batches = math.ceil(n_train / BATCH)
     out, reference, export = tmp_path / "run", tmp_path / "reference", tmp_path / "export"
@@ -254,7 +262,11 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_data: tuple[Path,
     wrapper.write_text(RANK_WRAPPER)
     out, report = tmp_path / "ddp", tmp_path / "ranks"
     report.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        "OMP_NUM_THREADS": "1",
+    }
     if Path("/sys/class/net/lo").exists():
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [

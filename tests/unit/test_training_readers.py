@@ -55,7 +55,15 @@ def picture_folder(tmp_path: Path) -> Path:
     write_csv(
         root / "labels.csv",
         [
-            {"path": "img/gray.png", "hemorrhage": 1, **zero, "subdural": 1, "intraventricular": 1, "patient_id": "P1", "mask_path": "img/mask.png"},
+            {
+                "path": "img/gray.png",
+                "hemorrhage": 1,
+                **zero,
+                "subdural": 1,
+                "intraventricular": 1,
+                "patient_id": "P1",
+                "mask_path": "img/mask.png",
+            },
             {"path": "img/rgb.png", "hemorrhage": 0, **zero, "patient_id": "P1", "mask_path": ""},
             {"path": "img/rgba.png", "hemorrhage": 1, **zero, "epidural": 1, "patient_id": "P2", "mask_path": ""},
             {"path": "img/photo.jpg", "hemorrhage": 0, **zero, "patient_id": "P3", "mask_path": ""},
@@ -114,9 +122,24 @@ def test_labelled_folder_rejects_missing_labels_or_columns(tmp_path: Path) -> No
     "mode, suffix",
     [
         pytest.param("P", ".png", id="palette"),
-        pytest.param("LA", ".png", marks=pytest.mark.xfail(strict=True, reason="picture_io: LA gives a (Y, X, 2) array; fix reported"), id="gray+alpha"),
-        pytest.param("CMYK", ".jpg", marks=pytest.mark.xfail(strict=True, reason="picture_io: CMYK read as RGBA; fix reported"), id="cmyk-jpeg"),
-        pytest.param("1", ".png", marks=pytest.mark.xfail(strict=True, reason="picture_io: bilevel read as 0/1; fix reported"), id="bilevel"),
+        pytest.param(
+            "LA",
+            ".png",
+            marks=pytest.mark.xfail(strict=True, reason="picture_io: LA gives a (Y, X, 2) array; fix reported"),
+            id="gray+alpha",
+        ),
+        pytest.param(
+            "CMYK",
+            ".jpg",
+            marks=pytest.mark.xfail(strict=True, reason="picture_io: CMYK read as RGBA; fix reported"),
+            id="cmyk-jpeg",
+        ),
+        pytest.param(
+            "1",
+            ".png",
+            marks=pytest.mark.xfail(strict=True, reason="picture_io: bilevel read as 0/1; fix reported"),
+            id="bilevel",
+        ),
     ],
 )
 def test_labelled_folder_reads_other_picture_modes(tmp_path: Path, mode: str, suffix: str) -> None:
@@ -258,7 +281,11 @@ def test_phantom_samples_match_their_masks() -> None:
 # ---------------------------------------------------------------- split
 def fake_samples(groups: list[str], per_group: int = 3) -> list[Sample]:
     labels = np.zeros(len(CLASSES), dtype=np.float32)
-    return [Sample(load=lambda: np.zeros((2, 2), np.uint8), labels=labels, group=g, source="t", key=f"{g}#{i}") for g in groups for i in range(per_group)]
+    return [
+        Sample(load=lambda: np.zeros((2, 2), np.uint8), labels=labels, group=g, source="t", key=f"{g}#{i}")
+        for g in groups
+        for i in range(per_group)
+    ]
 
 
 def test_split_by_group_keeps_groups_together_and_is_deterministic() -> None:
