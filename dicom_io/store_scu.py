@@ -1,7 +1,6 @@
 """Storage SCU: send result files (SC, SR) to the PACS with C-STORE, as they are on disk.
 
-One association per batch. Each file is sent in its own transfer syntax (our outputs are uncompressed), so
-nothing is re-encoded. TCP_NODELAY is set on the socket (pynetdicom does not). The caller decides on retries:
+One association per batch. Each file is sent in its own transfer syntax, so nothing is re-encoded. TCP_NODELAY is set on the socket (pynetdicom does not). The caller decides on retries:
 :func:`send_files` reports, per file, whether the PACS took it, refused it for good, or may take it later.
 """
 
@@ -14,7 +13,6 @@ from enum import Enum
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dicom_io.store_scp import set_tcp_nodelay
@@ -77,15 +75,10 @@ def send_files(
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    wanted: dict[str, list[str]] = {}
-    for _, sop_class, ts in metas:
-        syntaxes = wanted.setdefault(sop_class, [])
-        for t in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if t not in syntaxes:
-                syntaxes.append(t)
-    for sop_class, syntaxes in wanted.items():
-        ae.add_requested_context(sop_class, syntaxes)
-
+    # One presentation context per (SOP class, transfer syntax) of the files: the PACS then accepts each file's own
+    # syntax (files are sent as they are; an acceptor given several syntaxes in one context picks its favourite).
+    for sop_class, ts in sorted({(sop_class, ts) for _, sop_class, ts in metas}):
+        ae.add_requested_context(sop_class, [ts])
     assoc = ae.associate(host, port, ae_title=called_ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)])
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"

@@ -12,11 +12,24 @@ from dicom_io.series_to_volume import read_slice_hu
 from monai_app.pipeline.preprocess import to_gray_uint8
 from monai_app.pipeline.windowing import WindowPreset, window_to_uint8
 
+_NATIVE_MODES = {"L", "RGB", "RGBA", "I", "I;16", "F"}
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 class UnreadablePictureError(ValueError):
     """The file is neither a picture nor a DICOM slice with pixel data we can decode."""
+
+
+def _as_array(im: Image.Image) -> np.ndarray:
+    """Pillow modes to arrays ``to_gray_uint8`` understands: bilevel to L, palette/alpha to RGBA, CMYK etc. to RGB."""
+    if im.mode not in _NATIVE_MODES:
+        if im.mode == "1":
+            im = im.convert("L")
+        elif im.mode in ("P", "PA", "LA") or "transparency" in im.info:
+            im = im.convert("RGBA")
+        else:
+            im = im.convert("RGB")
+    return np.asarray(im)
 
 
 def read_picture(path: str | Path) -> np.ndarray:
@@ -26,7 +39,7 @@ def read_picture(path: str | Path) -> np.ndarray:
         try:
             with Image.open(path) as im:
                 im.seek(0)
-                return to_gray_uint8(np.asarray(im.convert("RGBA") if im.mode == "P" else im))
+                return to_gray_uint8(_as_array(im))
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise UnreadablePictureError(f"{path}: not a readable picture ({exc})") from exc
     try:

@@ -70,6 +70,11 @@ def _read_mask(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L")) > 0
 
 
+def _cell(value: str | None) -> float:
+    """A label cell: empty means unknown (NaN, masked out of the loss)."""
+    return float(value) if value and value.strip() else float("nan")
+
+
 def read_labelled_folder(root: str | Path, source: str | None = None) -> list[Sample]:
     """Read ``root/labels.csv``: ``path`` and ``hemorrhage`` (or ``any``/``label``), optional subtypes,
     ``patient_id``/``patient``, ``mask_path``. Without a patient column each slice is its own group."""
@@ -89,13 +94,16 @@ def read_labelled_folder(root: str | Path, source: str | None = None) -> list[Sa
         sub_cols = [s for s in SUBTYPES if s in cols]
         for row in reader:
             path = root / row["path"]
-            subtypes = {s: float(row[s]) for s in sub_cols} if sub_cols else None
+            if not (row.get(label_col) or "").strip():
+                logger.warning("%s: no label for %s, skipped", csv_path, row["path"])
+                continue
+            subtypes = {s: _cell(row[s]) for s in sub_cols} if sub_cols else None
             mask = root / row["mask_path"] if row.get("mask_path") else None
             samples.append(
                 Sample(
                     load=lambda p=path: read_picture(p),
                     labels=_label_vector(float(row[label_col]), subtypes),
-                    group=f"{source}:{row[group_col]}" if group_col else f"{source}:{row['path']}",
+                    group=f"{source}:{(row.get(group_col) if group_col else None) or row['path']}",
                     source=source,
                     key=row["path"],
                     load_mask=(lambda m=mask: _read_mask(m)) if mask else None,
@@ -179,7 +187,7 @@ def read_phantoms(n_studies: int, seed: int = 0, slices: int = 12) -> list[Sampl
             samples.append(
                 Sample(
                     load=lambda v=phantom.hu[z]: window_to_uint8(v, brain),
-                    labels=_label_vector(float(has)),
+                    labels=_label_vector(float(has), {s: float(has and s == spec.bleed) for s in SUBTYPES}),
                     group=f"phantom:{i}",
                     source="phantom",
                     key=f"phantom{i}#{z}",

@@ -114,6 +114,13 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
 
 # ---------------------------------------------------------------- loop
+def seed_augmenter(worker_id: int) -> None:
+    """Each DataLoader worker reseeds its copy of the augmenter (torch draws a new base seed every epoch)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.dataset.augment is not None:
+        info.dataset.augment.rng.seed(info.seed)
+
+
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float) -> torch.Tensor:
     """BCE over known labels only (NaN = unknown); the 'any' column weighs positives by ``pos_weight``."""
     known = ~torch.isnan(labels)
@@ -290,7 +297,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         return result
 
     sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=False)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=False, worker_init_fn=seed_augmenter
+    )
 
     stop = {"flag": False}
 
@@ -349,8 +357,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         if stop["flag"] or (args.max_steps > 0 and state["step"] >= args.max_steps):
             break
 
-    if args.export and rank == 0 and (out_dir / "best.pt").is_file():
-        export_best(args, config, val_set, device)
+    if args.export and rank == 0:
+        if (out_dir / "best.pt").is_file():
+            export_best(args, config, val_set, device)
+        else:
+            logger.warning("no best.pt (validation AUC undefined: one class only?): nothing exported")
     if world > 1:
         dist.destroy_process_group()
     return result

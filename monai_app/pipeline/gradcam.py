@@ -25,6 +25,18 @@ def check_target_layer(model: torch.nn.Module, layer: str) -> torch.nn.Module:
     return modules[layer]
 
 
+def unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max to [0, 1] with high = drove the score.
+
+    MONAI's ``default_normalizer`` scales (min, max) to (1, 0), an inverted map meant for its own colour
+    convention; the overlay draws high values in red, so the maps are scaled here the intuitive way.
+    """
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    return (maps - lo) / (hi - lo).clamp_min(1e-12)
+
+
 class Explainer:
     """Grad-CAM maps for class ``class_index`` (0 = any hemorrhage), shape (N, S, S) float32 in [0, 1]."""
 
@@ -32,7 +44,7 @@ class Explainer:
         check_target_layer(model, config.gradcam_layer)
         self.model = model
         self.class_index = class_index
-        self.cam = GradCAM(nn_module=model, target_layers=config.gradcam_layer)
+        self.cam = GradCAM(nn_module=model, target_layers=config.gradcam_layer, postprocessing=unit_scale)
 
     def __call__(self, inputs: torch.Tensor) -> np.ndarray:
         """Args: inputs (N, C, S, S) float32 in [0, 1]. Returns (N, S, S) maps, each min-max scaled to [0, 1]."""

@@ -409,6 +409,22 @@ def make_service(tmp_path: Path, processor_args: list[str]) -> Iterator[Callable
             svc.kill()
 
 
+@pytest.fixture(scope="module")
+def idle_service(tmp_path_factory: pytest.TempPathFactory, processor_args: list[str]) -> Iterator[ServiceProcess]:
+    """One service per test module, with no PACS listening (results stay in the outbox, inputs in the spool)."""
+    svc = ServiceProcess(
+        tmp_path_factory.mktemp("idle-service"),
+        pacs=f"NOBODY@127.0.0.1:{free_port()}",
+        allow="STORESCU,ECHOSCU,MODALITY,BOUND@127.0.0.1,FARAWAY@192.0.2.7",
+        processor_args=processor_args,
+        quiet_seconds=0.5,
+    )
+    svc.start()
+    yield svc
+    if svc.running():
+        svc.kill()
+
+
 @pytest.fixture
 def peers(tmp_path: Path, make_service: Callable[..., ServiceProcess]) -> Iterator[Peers]:
     """Orthanc routing to the service, the service sending back to Orthanc; both started."""

@@ -286,6 +286,17 @@ def test_dockerfile_is_multi_stage_with_a_lean_non_root_runtime(stages: list[Sta
     )
 
 
+def test_versions_agree_with_pyproject(runtime: Stage, compose: dict[str, Any]) -> None:
+    labels = env_pairs(" ".join(runtime.all("LABEL")))
+    assert labels["org.opencontainers.image.version"] == VERSION
+    _, svc = plugin_service(compose)
+    assert re.fullmatch(
+        rf"ich-triage:\$\{{ICH_IMAGE_TAG:-{re.escape(VERSION)}\}}|ich-triage:{re.escape(VERSION)}", svc["image"]
+    )
+    sts = yaml.safe_load((K8S / "statefulset.yaml").read_text())
+    assert container_of(sts)["image"] == f"ich-triage:{VERSION}"
+
+
 def test_dockerfile_states_its_expected_size() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"Expected size", text), "the Dockerfile must state the expected image size"
@@ -300,6 +311,11 @@ def test_dockerfile_ports_volume_healthcheck_and_entrypoint_match_the_service(ru
     exposed = {int(p.split("/")[0]) for args in runtime.all("EXPOSE") for p in args.split()}
     assert exposed == {cfg.port, cfg.http_port}, f"EXPOSE {exposed} vs DICOM {cfg.port} and HTTP {cfg.http_port}"
     assert exec_form(runtime.one("VOLUME")) == [str(cfg.spool)], "the spool must be the image's volume"
+    uid = runtime.one("USER").split(":")[0]
+    setup = " ".join(runtime.all("RUN"))
+    assert f"mkdir -p {cfg.spool}" in setup and "chown" in setup and uid in setup, (
+        "the runtime stage must create the spool owned by the image's user (a fresh volume copies that ownership)"
+    )
     health = runtime.one("HEALTHCHECK")
     assert "CMD" in health
     probe = health.split("CMD", 1)[1].strip()
@@ -345,6 +361,21 @@ def test_dockerignore_sends_what_the_builder_copies(stages: list[Stage]) -> None
     for args in stages[0].all("COPY"):
         for src in shlex.split(args)[:-1]:
             assert f"!{src}" in ignore or f"!{src}/" in ignore, f"{src} is COPYed but excluded by the .dockerignore"
+
+
+def test_serve_help_lists_every_contract_flag(tmp_path: Path) -> None:
+    """What `ich-triage serve` reads, from the source tree (the installed copy is checked in test (a))."""
+    proc = run(
+        [sys.executable, "-m", "monai_app.cli", "serve", "--help"],
+        env=clean_env(PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, explain(proc)
+    flags = set(re.findall(r"`(--[a-z-]+)/ICH_", (REPO / "docs" / "CONTRACTS.md").read_text()))
+    assert flags and not {f for f in flags if f not in proc.stdout}, (
+        f"missing: {sorted(f for f in flags if f not in proc.stdout)}"
+    )
 
 
 # ================================================================================================ (a) install replay

@@ -282,11 +282,6 @@ def raw_gradcam(model: torch.nn.Module, x: torch.Tensor, layer_name: str = "laye
     return torch.relu((store["grad"].mean(dim=(2, 3), keepdim=True) * store["act"]).sum(1))[0].detach().numpy()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monai_app/pipeline/gradcam.py keeps MONAI's default_normalizer, which maps (min, max) to (1, 0): "
-    "the map is inverted (Project-MONAI/tutorials#1796). Remove this mark with the fix.",
-)
 def test_gradcam_map_is_high_where_raw_gradcam_is_high() -> None:
     """Explainer's map against Grad-CAM computed by hand (ReLU(sum_k mean(dy/dA_k) A_k)) on layer4."""
     config = ModelConfig(input_size=96)

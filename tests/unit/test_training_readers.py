@@ -122,24 +122,9 @@ def test_labelled_folder_rejects_missing_labels_or_columns(tmp_path: Path) -> No
     "mode, suffix",
     [
         pytest.param("P", ".png", id="palette"),
-        pytest.param(
-            "LA",
-            ".png",
-            marks=pytest.mark.xfail(strict=True, reason="picture_io: LA gives a (Y, X, 2) array; fix reported"),
-            id="gray+alpha",
-        ),
-        pytest.param(
-            "CMYK",
-            ".jpg",
-            marks=pytest.mark.xfail(strict=True, reason="picture_io: CMYK read as RGBA; fix reported"),
-            id="cmyk-jpeg",
-        ),
-        pytest.param(
-            "1",
-            ".png",
-            marks=pytest.mark.xfail(strict=True, reason="picture_io: bilevel read as 0/1; fix reported"),
-            id="bilevel",
-        ),
+        pytest.param("LA", ".png", id="gray+alpha"),
+        pytest.param("CMYK", ".jpg", id="cmyk-jpeg"),
+        pytest.param("1", ".png", id="bilevel"),
     ],
 )
 def test_labelled_folder_reads_other_picture_modes(tmp_path: Path, mode: str, suffix: str) -> None:
