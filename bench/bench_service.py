@@ -5,8 +5,9 @@
 1. End-to-end latency: a 32-slice 5 mm head CT (256x256 phantom) is C-STOREd to the service; the clock runs
    from the last instance acknowledged to every result (SC + SR) stored in Orthanc (polled over REST), with the
    quiet period and without it (0 s).
-2. Ingest rate: the same 200-slice 512x512 series sent by dcmtk storescu to our SCP (fsync on every instance)
-   and to dcmtk storescp (no fsync), alternately in the same run; the ratio ours / storescp (target >= 0.5).
+2. Ingest rate: the same 200-slice 512x512 series sent by dcmtk storescu to our SCP (fsync on every instance),
+   to our SCP without fsync, and to dcmtk storescp (no fsync), alternately in the same run; the ratio ours /
+   storescp (target >= 0.5), and the rate of the durable write alone (the ceiling any SCP with fsync has here).
 3. Memory of the service process: resident set at rest (model loaded) and peak while processing a study.
 
 Needs Orthanc, dcmtk and the bundled model; not a test.
@@ -74,12 +75,22 @@ def wait(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     import pynetdicom
 
-    orthanc = subprocess.run([shutil.which("Orthanc") or "/usr/sbin/Orthanc", "--version"], capture_output=True, text=True).stdout
+    orthanc = subprocess.run(
+        [shutil.which("Orthanc") or "/usr/sbin/Orthanc", "--version"], capture_output=True, text=True
+    ).stdout
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -96,16 +107,28 @@ class Orthanc:
     def __init__(self, work: Path, plugin_port: int) -> None:
         self.dicom_port, self.http_port = free_port(), free_port()
         config = json.loads((REPO / "deploy/orthanc/orthanc.json").read_text())
-        config.update({
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port, "StorageDirectory": str(work / "orthanc"),
-            "IndexDirectory": str(work / "orthanc"), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "StableAge": 1, "LuaScripts": [], "Plugins": [],
-            "DicomModalities": {"ICH_TRIAGE": {"AET": "ICH_TRIAGE", "Host": "127.0.0.1", "Port": plugin_port}},
-        })
+        config.update(
+            {
+                "DicomPort": self.dicom_port,
+                "HttpPort": self.http_port,
+                "StorageDirectory": str(work / "orthanc"),
+                "IndexDirectory": str(work / "orthanc"),
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "StableAge": 1,
+                "LuaScripts": [],
+                "Plugins": [],
+                "DicomModalities": {"ICH_TRIAGE": {"AET": "ICH_TRIAGE", "Host": "127.0.0.1", "Port": plugin_port}},
+            }
+        )
         (work / "orthanc.json").write_text(json.dumps(config))
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.proc = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(work / "orthanc.json")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        self.proc = subprocess.Popen(
+            [shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(work / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=ENV,
+        )
         wait(lambda: self._up(), 60, 0.2)
 
     def _up(self) -> bool:
@@ -128,15 +151,37 @@ class Orthanc:
 
 
 class ServiceProc:
-    def __init__(self, work: Path, pacs_port: int, quiet: float, port: int | None = None) -> None:
+    def __init__(self, work: Path, pacs_port: int, quiet: float, port: int | None = None, fsync: bool = True) -> None:
         self.port, self.http_port = port or free_port(), free_port()
         self.spool = work / f"spool-{self.port}"
         self.log = (work / f"service-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monai_app.service", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--pacs", f"ORTHANC@127.0.0.1:{pacs_port}", "--spool", str(self.spool), "--quiet-seconds", str(quiet),
-             "--http-port", str(self.http_port), "--http-bind", "127.0.0.1", "--keep", "none"],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+            [
+                sys.executable,
+                "-m",
+                "monai_app.service",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--pacs",
+                f"ORTHANC@127.0.0.1:{pacs_port}",
+                "--spool",
+                str(self.spool),
+                "--quiet-seconds",
+                str(quiet),
+                "--http-port",
+                str(self.http_port),
+                "--http-bind",
+                "127.0.0.1",
+                "--keep",
+                "none",
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**ENV, "ICH_FSYNC": "1" if fsync else "0"},
+        )
         wait(self._ready, 300, 0.2)
 
     def _ready(self) -> bool:
@@ -185,47 +230,77 @@ def study(folder: Path, n: int, size: int, seed: int, bleed: str | None = "intra
     from pydicom.uid import generate_uid
 
     uid = generate_uid()
-    files = write_dicom_series(make_phantom(PhantomSpec(n_slices=n, size=size, seed=seed, bleed=bleed)), folder,
-                               study_instance_uid=uid)
+    files = write_dicom_series(
+        make_phantom(PhantomSpec(n_slices=n, size=size, seed=seed, bleed=bleed)), folder, study_instance_uid=uid
+    )
     return uid, files
+
+
+def _one_study(service: ServiceProc, orthanc: Orthanc, folder: Path, seed: int) -> tuple[float, float]:
+    """Send one 32-slice study; returns (last ack -> results in Orthanc, peak RSS while processing in MiB)."""
+    uid, files = study(folder, 32, 256, seed=seed)
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, service.rss_mib())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        t_ack = send_pynetdicom(files, service.port)
+        status = wait(lambda: (s := service.status(uid)) and s["status"] == "delivered" and s, 600)
+        expected = len(status["versions"][0]["outputs"])
+        wait(lambda: orthanc.result_count(uid) >= expected, 120)
+        return time.monotonic() - t_ack, peak
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def bench_latency(work: Path, runs: int, quiet: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for q in (quiet, 0.0):
         plugin_port = free_port()
-        orthanc = Orthanc(work / f"lat-{q}", plugin_port) if (work / f"lat-{q}").mkdir(parents=True) is None else None
-        assert orthanc is not None
+        (work / f"lat-{q}").mkdir(parents=True)
+        orthanc = Orthanc(work / f"lat-{q}", plugin_port)
         service = ServiceProc(work, orthanc.dicom_port, q, port=plugin_port)
-        times, peak = [], 0.0
         rest = service.rss_mib()
+        times, peaks = [], []
         for i in range(runs + 1):  # the first run warms up (first inference allocates)
-            uid, files = study(work / f"lat-{q}-{i}", 32, 256, seed=i)
-            stop = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak
-                while not stop.is_set():
-                    peak = max(peak, service.rss_mib())
-                    time.sleep(0.05)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t_ack = send_pynetdicom(files, service.port)
-            status = wait(lambda uid=uid: (s := service.status(uid)) and s["status"] == "delivered" and s, 600, 0.05)
-            expected = len(status["versions"][0]["outputs"])
-            wait(lambda uid=uid, n=expected: orthanc.result_count(uid) >= n, 120, 0.05)
-            t_done = time.monotonic()
-            stop.set()
-            sampler.join()
+            latency, peak = _one_study(service, orthanc, work / f"lat-{q}-{i}", seed=i)
+            peaks.append(peak)
             if i > 0:
-                times.append(t_done - t_ack)
-        out[f"quiet {q:g} s"] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-                                 "runs": len(times)}
-        out.setdefault("memory", {"rest_mib": rest, "peak_processing_mib": peak, "vmhwm_mib": service.rss_mib("VmHWM")})
+                times.append(latency)
+        out[f"quiet {q:g} s"] = {
+            "median_s": statistics.median(times),
+            "min_s": min(times),
+            "max_s": max(times),
+            "runs": len(times),
+        }
+        out.setdefault(
+            "memory", {"rest_mib": rest, "peak_processing_mib": max(peaks), "vmhwm_mib": service.rss_mib("VmHWM")}
+        )
         service.stop()
         orthanc.stop()
     return out
+
+
+def fsync_floor(files: list[Path], folder: Path) -> float:
+    """Instances/s of the durable write alone (temp file, fsync, rename, fsync dir), no network: the ceiling."""
+    from dicom_io.spool import Spool
+
+    spool = Spool(folder)
+    blobs = [f.read_bytes() for f in files]
+    t0 = time.monotonic()
+    for i, blob in enumerate(blobs):
+        spool.store_instance("1.2.3", f"1.2.3.{i}", blob)
+    rate = len(blobs) / (time.monotonic() - t0)
+    shutil.rmtree(folder, ignore_errors=True)
+    return rate
 
 
 def bench_ingest(work: Path, runs: int) -> dict[str, Any]:
@@ -236,30 +311,47 @@ def bench_ingest(work: Path, runs: int) -> dict[str, Any]:
 
     def send(port: int) -> float:
         t0 = time.monotonic()
-        subprocess.run([storescu, "-aec", "ICH_TRIAGE", "127.0.0.1", str(port), *map(str, files)], check=True,
-                       env=ENV, capture_output=True)
+        subprocess.run(
+            [storescu, "-aec", "ICH_TRIAGE", "127.0.0.1", str(port), *map(str, files)],
+            check=True,
+            env=ENV,
+            capture_output=True,
+        )
         return time.monotonic() - t0
 
-    ours, theirs = [], []
-    for r in range(runs):
-        service = ServiceProc(work, free_port(), quiet=3600)  # no processing while we measure
-        ours.append(send(service.port))
-        service.stop()
-        shutil.rmtree(service.spool, ignore_errors=True)
+    times: dict[str, list[float]] = {"ours": [], "ours_no_fsync": [], "storescp": []}
+    for r in range(runs):  # alternate, so that background load affects all alike
+        for name, fsync in (("ours", True), ("ours_no_fsync", False)):
+            service = ServiceProc(work, free_port(), quiet=3600, fsync=fsync)  # no processing while we measure
+            times[name].append(send(service.port))
+            service.stop()
+            shutil.rmtree(service.spool, ignore_errors=True)
         out_dir = work / f"storescp-{r}"
         out_dir.mkdir()
         port = free_port()
-        scp = subprocess.Popen([storescp, "-aet", "ICH_TRIAGE", "-od", str(out_dir), str(port)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        scp = subprocess.Popen(
+            [storescp, "-aet", "ICH_TRIAGE", "-od", str(out_dir), str(port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
-        theirs.append(send(port))
+        times["storescp"].append(send(port))
         scp.terminate()
         scp.wait(10)
         shutil.rmtree(out_dir, ignore_errors=True)
-    rate_ours = len(files) / statistics.median(ours)
-    rate_theirs = len(files) / statistics.median(theirs)
-    return {"instances": len(files), "megabytes": round(size_mb, 1), "ours_instances_per_s": rate_ours,
-            "storescp_instances_per_s": rate_theirs, "ratio": rate_ours / rate_theirs, "runs": runs}
+    rates = {k: len(files) / statistics.median(v) for k, v in times.items()}
+    return {
+        "instances": len(files),
+        "megabytes": round(size_mb, 1),
+        "runs": runs,
+        "ours_instances_per_s": rates["ours"],
+        "ours_no_fsync_instances_per_s": rates["ours_no_fsync"],
+        "storescp_instances_per_s": rates["storescp"],
+        "ratio": rates["ours"] / rates["storescp"],
+        "ratio_no_fsync": rates["ours_no_fsync"] / rates["storescp"],
+        "durable_write_only_instances_per_s": fsync_floor(files, work / "floor"),
+    }
 
 
 def main() -> int:
@@ -270,24 +362,40 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ich-bench-"))
     try:
-        results = {"machine": machine(), "latency": bench_latency(work, args.runs, args.quiet_seconds),
-                   "ingest": bench_ingest(work, args.runs)}
+        results = {
+            "machine": machine(),
+            "latency": bench_latency(work, args.runs, args.quiet_seconds),
+            "ingest": bench_ingest(work, args.runs),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     m, lat, ing = results["machine"], results["latency"], results["ingest"]
-    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}, "
-          f"pynetdicom {m['pynetdicom']}, {m['orthanc']}, load average at start {m['load_average']}")
+    print(
+        f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}, "
+        f"pynetdicom {m['pynetdicom']}, {m['orthanc']}, load average at start {m['load_average']}"
+    )
     print("\n| measure | value |\n| --- | --- |")
     for key, v in lat.items():
         if key.startswith("quiet"):
-            print(f"| end-to-end latency, 32 x 5 mm slices, {key} (last ack -> results in Orthanc) | "
-                  f"{v['median_s']:.2f} s median ({v['min_s']:.2f}-{v['max_s']:.2f}, {v['runs']} runs) |")
-    print(f"| ingest, our SCP with fsync ({ing['instances']} x 512x512, {ing['megabytes']} MB) | {ing['ours_instances_per_s']:.0f} instances/s |")
+            print(
+                f"| end-to-end latency, 32 x 5 mm slices, {key} (last ack -> results in Orthanc) | "
+                f"{v['median_s']:.2f} s median ({v['min_s']:.2f}-{v['max_s']:.2f}, {v['runs']} runs) |"
+            )
+    n = f"{ing['instances']} x 512x512, {ing['megabytes']} MB"
+    print(f"| ingest, our SCP with fsync per instance ({n}) | {ing['ours_instances_per_s']:.0f} instances/s |")
+    print(f"| ingest, our SCP without fsync, same series | {ing['ours_no_fsync_instances_per_s']:.0f} instances/s |")
     print(f"| ingest, dcmtk storescp (no fsync), same series | {ing['storescp_instances_per_s']:.0f} instances/s |")
-    print(f"| ingest ratio ours / storescp (target >= 0.5) | {ing['ratio']:.2f} |")
+    print(f"| ingest ratio ours (fsync) / storescp (target >= 0.5) | {ing['ratio']:.2f} |")
+    print(f"| ingest ratio ours (no fsync) / storescp | {ing['ratio_no_fsync']:.2f} |")
+    print(
+        f"| durable write alone (tmp, fsync, rename, fsync dir; no network): the ceiling with fsync | "
+        f"{ing['durable_write_only_instances_per_s']:.0f} instances/s |"
+    )
     mem = lat["memory"]
     print(f"| service memory at rest (model loaded) | {mem['rest_mib']:.0f} MiB |")
-    print(f"| service memory while processing (peak RSS sampled / VmHWM) | {mem['peak_processing_mib']:.0f} / {mem['vmhwm_mib']:.0f} MiB |")
+    print(
+        f"| service memory while processing (peak RSS sampled / VmHWM) | {mem['peak_processing_mib']:.0f} / {mem['vmhwm_mib']:.0f} MiB |"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

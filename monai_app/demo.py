@@ -19,15 +19,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification
 
-from dicom_io.store_scp import ACCEPTED_TRANSFER_SYNTAXES, DimseStatus
+from dicom_io.spool import check_uid
+from dicom_io.store_scp import ACCEPTED_TRANSFER_SYNTAXES, VERIFICATION, DimseStatus
 from dicom_io.store_scu import Delivery, send_files
 from monai_app.service import Service
 from monai_app.service_config import AllowedPeer, KeepPolicy, PacsAddress, ServiceConfig
@@ -42,11 +43,22 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", type=Path, help="folder of DICOM files to send (default: CQ500-CT-0 if present, else a phantom)")
-    parser.add_argument("--phantom", action="store_true", help="send a synthetic head CT with a bleed, even if CQ500 is present")
-    parser.add_argument("--out", type=Path, default=Path("ich-triage-demo"), help="where the PNG and report go (default ./ich-triage-demo)")
+    parser.add_argument(
+        "--study", type=Path, help="folder of DICOM files to send (default: CQ500-CT-0 if present, else a phantom)"
+    )
+    parser.add_argument(
+        "--phantom", action="store_true", help="send a synthetic head CT with a bleed, even if CQ500 is present"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("ich-triage-demo"),
+        help="where the PNG and report go (default ./ich-triage-demo)",
+    )
     parser.add_argument("--model", type=Path, help="model artifact (default: the bundled model)")
-    parser.add_argument("--quiet-seconds", dest="quiet_seconds", type=float, default=1.0, help="study quiet period (default 1)")
+    parser.add_argument(
+        "--quiet-seconds", dest="quiet_seconds", type=float, default=1.0, help="study quiet period (default 1)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
     parser.add_argument("--verbose", action="store_true", help="show the service's log lines too")
 
@@ -85,14 +97,15 @@ class StandInPacs:
         self.received: list[Path] = []
         self._lock = threading.Lock()
         ae = AE(ae_title=PACS_AE)
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for ctx in StoragePresentationContexts:
-            ae.add_supported_context(ctx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+            ae.add_supported_context(str(ctx.abstract_syntax), list(ACCEPTED_TRANSFER_SYNTAXES))
         self._ae = ae
         self._server: Any = None
 
     def _on_store(self, event: evt.Event) -> int:
-        path = self.folder / f"{event.request.AffectedSOPInstanceUID}.dcm"
+        request = cast(C_STORE, event.request)
+        path = self.folder / f"{check_uid(str(request.AffectedSOPInstanceUID))}.dcm"
         path.write_bytes(event.encoded_dataset())
         with self._lock:
             self.received.append(path)
@@ -133,8 +146,9 @@ def _save_pngs(ds: Dataset, out: Path, stem: str) -> list[Path]:
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when the results came back and were saved."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="    %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="    %(levelname)s %(name)s: %(message)s"
+        )
     progress = _Progress()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -178,8 +192,10 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         service = Service(config)
         service.start()
-        progress.step(f"service {PLUGIN_AE} listening on 127.0.0.1:{service.dicom_port}, "
-                      f"status on http://127.0.0.1:{service.http_port}/studies/{study_uid}; loading the model ...")
+        progress.step(
+            f"service {PLUGIN_AE} listening on 127.0.0.1:{service.dicom_port}, "
+            f"status on http://127.0.0.1:{service.http_port}/studies/{study_uid}; loading the model ..."
+        )
         if not service.wait_ready(min(300.0, args.timeout)):
             print("the service did not become ready (model not loaded?); run with --verbose", file=sys.stderr)
             return 1
@@ -187,8 +203,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
         # 3. send the study, as a modality or a PACS routing rule would
         t_send = time.monotonic()
-        results = send_files(files, host="127.0.0.1", port=service.dicom_port, called_ae_title=PLUGIN_AE,
-                             calling_ae_title=MODALITY_AE, timeout=60)
+        results = send_files(
+            files,
+            host="127.0.0.1",
+            port=service.dicom_port,
+            called_ae_title=PLUGIN_AE,
+            calling_ae_title=MODALITY_AE,
+            timeout=60,
+        )
         sent = sum(r.delivery is Delivery.SENT for r in results)
         progress.step(f"sent {sent}/{len(files)} instances with C-STORE in {time.monotonic() - t_send:.1f} s")
         if sent == 0:
@@ -232,7 +254,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print()
         decision = (report or {}).get("decision")
         probability = (report or {}).get("probability")
-        print(f"  decision:        {decision}" + (f" (study probability {probability:.3f})" if probability is not None else ""))
+        print(
+            f"  decision:        {decision}"
+            + (f" (study probability {probability:.3f})" if probability is not None else "")
+        )
         for p in pngs:
             print(f"  Grad-CAM SC:     {p}")
         print(f"  report:          {report_path}")

@@ -257,7 +257,9 @@ class Service:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        if all(not t.is_alive() for t in self._threads) and all(w.thread is None or not w.thread.is_alive() for w in self._workers):
+        if all(not t.is_alive() for t in self._threads) and all(
+            w.thread is None or not w.thread.is_alive() for w in self._workers
+        ):
             self.queue.close()
         LOGGER.info("stopped")
 

@@ -121,8 +121,8 @@ class ServiceConfig:
     """Give up on an output the PACS refuses with a failure status after this many tries (transport errors retry forever)."""
     stop_grace_seconds: float = 30.0
     max_associations: int = 16
-    max_pdu_bytes: int = 4 * 1024 * 1024
-    """Largest PDU accepted from a peer; a longer one aborts that association (hostile or broken peer)."""
+    max_pdu_bytes: int = 1024 * 1024
+    """Maximum PDU length announced to peers; a longer PDU aborts its association (hostile or broken peer)."""
     network_timeout: float = 30.0
     fsync: bool = True
     log_level: str = "INFO"

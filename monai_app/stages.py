@@ -20,7 +20,7 @@ from dicom_io.errors import NotAnalyzedError
 from dicom_io.result import ModelIdentity, NotAnalyzedReason, SliceScore, StudyResult, TriageDecision
 from dicom_io.sc_writer import build_secondary_capture, derived_uid
 from dicom_io.series_select import ScanResult, SeriesInfo, StudyInfo, load_selection_rules, scan_folder, select_series
-from dicom_io.series_to_volume import Slabs, Volume, build_volume, combine_slabs
+from dicom_io.series_to_volume import build_volume, combine_slabs
 from dicom_io.sr_writer import build_structured_report
 from monai_app.app_config import AppConfig
 from monai_app.pipeline.aggregation import AggregationRule, aggregate
@@ -48,19 +48,24 @@ class Selected:
 
 @dataclass
 class Prepared:
-    """Model-ready slabs of the selected series.
+    """Model-ready slabs of the selected series (the HU volume itself is not kept: it is the largest array).
 
     ``inputs``: (S, C, size, size) float32 in [0, 1]; ``display``: (S, Y, X) uint8 brain window at source
-    resolution; ``boxes``: the head crop of each slab; ``slabs``: which source slices each slab averages.
+    resolution; ``boxes``: the head crop of each slab; ``members``: which source slices (indices into
+    ``datasets``, in z order) each slab averages; ``z_mm``: (S,) slab centres along the slice normal.
     """
 
     selected: Selected
-    volume: Volume
-    slabs: Slabs
+    datasets: tuple[pydicom.Dataset, ...]
+    members: tuple[tuple[int, ...], ...]
+    z_mm: np.ndarray
     inputs: torch.Tensor
     display: np.ndarray
     boxes: list[Box]
     warnings: list[str] = field(default_factory=list)
+
+    def slab_sources(self, slab: int) -> list[pydicom.Dataset]:
+        return [self.datasets[j] for j in self.members[slab]]
 
 
 def model_identity(config: ModelConfig) -> ModelIdentity:
@@ -110,8 +115,9 @@ def prepare(selected: Selected, config: ModelConfig, app_config: AppConfig) -> P
         display.append(channels[0] if windows[0] == WindowPreset.BRAIN.value else window_to_uint8(hu, WindowPreset.BRAIN.value))
     return Prepared(
         selected=selected,
-        volume=volume,
-        slabs=slabs,
+        datasets=tuple(volume.datasets),
+        members=slabs.members,
+        z_mm=np.asarray(slabs.z_mm),
         inputs=torch.stack(inputs),
         display=np.stack(display),
         boxes=boxes,
@@ -128,13 +134,12 @@ def conclude(prepared: Prepared, probabilities: np.ndarray, config: ModelConfig,
     """Aggregate slab probabilities into the study result (decision, probability, key slices)."""
     rule = AggregationRule(app_config.aggregation)
     agg = aggregate(probabilities[:, 0], config.threshold, rule, max_key_slices=app_config.max_key_slices)
-    volume, slabs = prepared.volume, prepared.slabs
     slices = tuple(
         SliceScore(
             index=i,
-            z_mm=round(float(slabs.z_mm[i]), 3),
+            z_mm=round(float(prepared.z_mm[i]), 3),
             probability=round(float(probabilities[i, 0]), 5),
-            sop_instance_uids=tuple(volume.sop_instance_uids[j] for j in slabs.members[i]),
+            sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in prepared.slab_sources(i)),
         )
         for i in range(len(probabilities))
     )
@@ -229,11 +234,11 @@ def write_outputs(
         study_uid = result.study_instance_uid
         # same input + same model -> same UIDs (a re-run after a crash is stored once by the PACS);
         # a study that grew since (more instances) gets new UIDs: a new result, not an overwrite
-        inputs = sorted(str(ds.SOPInstanceUID) for ds in (prepared.volume.datasets if prepared else sources))
+        inputs = sorted(str(ds.SOPInstanceUID) for ds in (prepared.datasets if prepared else sources))
         model = (study_uid, result.model.name, result.model.version, *inputs)
-        all_refs = list(sources) if prepared is None else list(prepared.volume.datasets)
+        all_refs = list(sources) if prepared is None else list(prepared.datasets)
         for number, (key, rgb) in enumerate(images, start=1):
-            refs = all_refs if prepared is None or key is None else [prepared.volume.datasets[j] for j in prepared.slabs.members[key]]
+            refs = all_refs if prepared is None or key is None else prepared.slab_sources(key)
             sc = build_secondary_capture(
                 sources,
                 rgb,
@@ -247,7 +252,7 @@ def write_outputs(
             path = output_dir / f"sc_{number:02d}.dcm"
             sc.save_as(path, enforce_file_format=True)
             written.append(path)
-        key_refs = all_refs if prepared is None else [prepared.volume.datasets[j] for k in result.key_slices for j in prepared.slabs.members[k]]
+        key_refs = all_refs if prepared is None else [ds for k in result.key_slices for ds in prepared.slab_sources(k)]
         sr = build_structured_report(
             sources,
             result,

@@ -47,12 +47,18 @@ class Explainer:
         self.cam = GradCAM(nn_module=model, target_layers=config.gradcam_layer, postprocessing=unit_scale)
 
     def __call__(self, inputs: torch.Tensor) -> np.ndarray:
-        """Args: inputs (N, C, S, S) float32 in [0, 1]. Returns (N, S, S) maps, each min-max scaled to [0, 1]."""
+        """Args: inputs (N, C, S, S) float32 in [0, 1]. Returns (N, S, S) maps, each min-max scaled to [0, 1].
+
+        One slice per backward pass: the activations kept for the gradient are the app's largest memory cost.
+        """
         was_training = self.model.training
         self.model.eval()
+        device = next(self.model.parameters()).device
+        maps = []
         try:
             with torch.enable_grad():
-                maps = self.cam(inputs.float().contiguous(), class_idx=self.class_index)
+                for x in inputs.float():
+                    maps.append(self.cam(x[None].to(device).contiguous(), class_idx=self.class_index)[0, 0].detach().float().cpu().numpy())
         finally:
             self.model.train(was_training)
-        return maps[:, 0].detach().float().cpu().numpy()
+        return np.stack(maps) if maps else np.zeros((0, *inputs.shape[-2:]), dtype=np.float32)

@@ -33,9 +33,6 @@ PLUGIN_AE = "ICH_TRIAGE"
 ORTHANC_AE = "ORTHANC"
 PLUGIN_MANUFACTURER = "ICH Triage Plugin (open source)"  # dicom_io.result.PLUGIN_MANUFACTURER (checked below)
 
-pytestmark = pytest.mark.integration
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,7 +158,10 @@ def _real_runner_loads() -> tuple[bool, str]:
         return False, "ICH_TEST_PROCESSOR=fake"
     probe = subprocess.run(
         [sys.executable, "-c", "from monai_app.runner import StudyRunner; StudyRunner()"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if probe.returncode != 0:
         tail = (probe.stderr.strip().splitlines() or ["?"])[-1]
@@ -227,8 +227,9 @@ class Orthanc:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=1))
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([self.binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=peer_env(),
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [self.binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=peer_env(), start_new_session=True
+            )
         wait_for(lambda: self.alive() and http_get(self.url + "/system")[0] == 200, 60, what="Orthanc to start")
 
     def alive(self) -> bool:
@@ -287,20 +288,30 @@ class Orthanc:
                 continue
             for iid in s["Instances"]:
                 tags = self.get(f"/instances/{iid}/simplified-tags")
-                out.append({"ID": iid, "SOPInstanceUID": tags["SOPInstanceUID"], "SOPClassUID": tags["SOPClassUID"],
-                            "SeriesInstanceUID": tags["SeriesInstanceUID"]})
+                out.append(
+                    {
+                        "ID": iid,
+                        "SOPInstanceUID": tags["SOPInstanceUID"],
+                        "SOPClassUID": tags["SOPClassUID"],
+                        "SeriesInstanceUID": tags["SeriesInstanceUID"],
+                    }
+                )
         return out
 
     def storescu(self, files: list[Path], *extra: str) -> subprocess.CompletedProcess[str]:
         return run_storescu(files, "127.0.0.1", self.dicom_port, ORTHANC_AE, *extra)
 
 
-def run_storescu(files: list[Path], host: str, port: int, called: str, *extra: str, calling: str = "STORESCU",
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_storescu(
+    files: list[Path], host: str, port: int, called: str, *extra: str, calling: str = "STORESCU", check: bool = True
+) -> subprocess.CompletedProcess[str]:
     storescu = require_dcmtk("storescu")
     proc = subprocess.run(
         [storescu, "-aet", calling, "-aec", called, *extra, host, str(port), *map(str, files)],
-        capture_output=True, text=True, env=peer_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=300,
     )
     if check:
         assert proc.returncode == 0, f"storescu failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -313,19 +324,52 @@ def run_storescu(files: list[Path], host: str, port: int, called: str, *extra: s
 class ServiceProcess:
     """``python -m monai_app.service`` as a subprocess (so it can be SIGKILLed), with its own spool and ports."""
 
-    def __init__(self, workdir: Path, *, pacs: str, allow: str, processor_args: list[str], quiet_seconds: float = 1.0,
-                 extra_args: tuple[str, ...] = (), spool: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        pacs: str,
+        allow: str,
+        processor_args: list[str],
+        quiet_seconds: float = 1.0,
+        extra_args: tuple[str, ...] = (),
+        spool: Path | None = None,
+        port: int | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port, self.http_port = port or free_port(), free_port()
         self.spool = spool or workdir / "spool"
         self.log = workdir / "service.log"
         self.args = [
-            sys.executable, "-m", "monai_app.service",
-            "--ae-title", PLUGIN_AE, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--pacs", pacs, "--spool", str(self.spool), "--allow", allow,
-            "--quiet-seconds", str(quiet_seconds), "--http-port", str(self.http_port), "--http-bind", "127.0.0.1",
-            "--retry-base-seconds", "0.5", "--retry-cap-seconds", "2", "--keep", "results",
-            *processor_args, *extra_args,
+            sys.executable,
+            "-m",
+            "monai_app.service",
+            "--ae-title",
+            PLUGIN_AE,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--pacs",
+            pacs,
+            "--spool",
+            str(self.spool),
+            "--allow",
+            allow,
+            "--quiet-seconds",
+            str(quiet_seconds),
+            "--http-port",
+            str(self.http_port),
+            "--http-bind",
+            "127.0.0.1",
+            "--retry-base-seconds",
+            "0.5",
+            "--retry-cap-seconds",
+            "2",
+            "--keep",
+            "results",
+            *processor_args,
+            *extra_args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -337,8 +381,9 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
         env.pop("ICH_CONFIG", None)
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         if wait:
             self.wait_ready()
 

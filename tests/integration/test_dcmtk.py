@@ -30,8 +30,13 @@ def service(idle_service: ServiceProcess) -> ServiceProcess:
 
 
 def echoscu(port: int, calling: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([require_dcmtk("echoscu"), "-aet", calling, "-aec", "ICH_TRIAGE", "127.0.0.1", str(port)],
-                          capture_output=True, text=True, env=peer_env(), timeout=60)
+    return subprocess.run(
+        [require_dcmtk("echoscu"), "-aet", calling, "-aec", "ICH_TRIAGE", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+        timeout=60,
+    )
 
 
 def test_echoscu(service: ServiceProcess) -> None:
@@ -47,8 +52,15 @@ def rejected_count(service: ServiceProcess) -> float:
     return float(line.split()[1])
 
 
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
-            JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1]
+SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+]
 
 
 # storescu proposes one family of transfer syntaxes; with the file's own, it sends the file as it is
@@ -77,12 +89,16 @@ def test_storescu_sends_as_is(service: ServiceProcess, tmp_path: Path, syntax: s
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == syntax
         assert ds.pixel_array.shape == (64, 64)
-    wait_for(lambda: (s := service.status(study_uid)) and s["versions"] and s["versions"][0]["state"] == "done", 120,
-             what="the study to be processed")
+    wait_for(
+        lambda: (s := service.status(study_uid)) and s["versions"] and s["versions"][0]["state"] == "done",
+        120,
+        what="the study to be processed",
+    )
 
 
-@pytest.mark.parametrize(("tool", "syntax"), [("dcmcjpeg", JPEGLosslessSV1), ("dcmcjpls", JPEGLSLossless),
-                                              ("dcmcrle", RLELossless)])
+@pytest.mark.parametrize(
+    ("tool", "syntax"), [("dcmcjpeg", JPEGLosslessSV1), ("dcmcjpls", JPEGLSLossless), ("dcmcrle", RLELossless)]
+)
 def test_storescu_with_dcmtk_compressed_files(service: ServiceProcess, tmp_path: Path, tool: str, syntax: str) -> None:
     compress = require_dcmtk(tool)
     study_uid, files = write_study(tmp_path / "study", n_slices=3, size=64)

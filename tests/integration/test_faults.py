@@ -34,8 +34,11 @@ def assert_results_once(peers: Peers, study_uid: str) -> dict:  # type: ignore[t
     versions = [v for v in status["versions"] if v["state"] == "done"]
     assert len(versions) == 1, status
     outputs = {o["sop_instance_uid"] for o in versions[0]["outputs"]}
-    in_pacs = wait_for(lambda: {r["SOPInstanceUID"] for r in peers.orthanc.result_instances(study_uid)} or None,
-                       30, what="results in Orthanc")
+    in_pacs = wait_for(
+        lambda: {r["SOPInstanceUID"] for r in peers.orthanc.result_instances(study_uid)} or None,
+        30,
+        what="results in Orthanc",
+    )
     assert in_pacs == outputs
     assert len({r["SeriesInstanceUID"] for r in peers.orthanc.result_instances(study_uid)}) <= len(outputs)
     return status
@@ -47,8 +50,15 @@ def test_pacs_down_while_results_are_ready(peers: Peers, tmp_path: Path) -> None
     from conftest import run_storescu
 
     run_storescu(files, "127.0.0.1", peers.service.port, "ICH_TRIAGE")
-    wait_for(lambda: (s := peers.service.status(study_uid)) and s["status"] == "sending"
-             and any(o["last_error"] for o in s["versions"][0]["outputs"]), TIMEOUT, what="a failed delivery")
+    wait_for(
+        lambda: (
+            (s := peers.service.status(study_uid))
+            and s["status"] == "sending"
+            and any(o["last_error"] for o in s["versions"][0]["outputs"])
+        ),
+        TIMEOUT,
+        what="a failed delivery",
+    )
     time.sleep(2)  # a few backoff rounds against the closed port
     assert 'ich_failures_total{stage="send"}' in peers.service.metrics()
     peers.orthanc.start()
@@ -69,6 +79,8 @@ def test_sigkill_during_receive(peers: Peers, tmp_path: Path) -> None:
     for i, f in enumerate(files):
         if i == 10:
             peers.service.kill()  # mid-association, between two C-STOREs
+        if not assoc.is_established:
+            break
         rsp = assoc.send_c_store(f)
         if rsp.get("Status") != 0:
             break
@@ -85,23 +97,49 @@ def test_sigkill_during_receive(peers: Peers, tmp_path: Path) -> None:
 def test_sigkill_during_processing(peers: Peers, tmp_path: Path) -> None:
     study_uid, files = write_study(tmp_path / "study", n_slices=16)
     peers.orthanc.storescu(files)
-    wait_for(lambda: (s := peers.service.status(study_uid)) and s["status"] == "running", TIMEOUT, interval=0.05,
-             what="the job to start")
+    wait_for(
+        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
+        TIMEOUT,
+        interval=0.05,
+        what="the job to start",
+    )
     peers.service.kill()
     peers.service.start()
     status = assert_results_once(peers, study_uid)
     assert status["versions"][0]["attempts"] == 2
 
 
+def test_sigterm_finishes_or_parks_the_job(peers: Peers, tmp_path: Path) -> None:
+    study_uid, files = write_study(tmp_path / "study", n_slices=16)
+    peers.orthanc.storescu(files)
+    wait_for(
+        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
+        TIMEOUT,
+        interval=0.05,
+        what="the job to start",
+    )
+    assert peers.service.terminate(timeout=60) == 0
+    assert "stopped" in peers.service.log_text()
+    peers.service.start()
+    assert_results_once(peers, study_uid)
+
+
 def test_sigkill_during_sending(peers: Peers, tmp_path: Path) -> None:
     study_uid, files = write_study(tmp_path / "study", n_slices=16)
     peers.orthanc.storescu(files)
-    wait_for(lambda: (s := peers.service.status(study_uid)) and s["status"] == "running", TIMEOUT, interval=0.05,
-             what="the job to start")
+    wait_for(
+        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
+        TIMEOUT,
+        interval=0.05,
+        what="the job to start",
+    )
     peers.orthanc.pause()  # SIGSTOP: the sender's association hangs
     try:
-        wait_for(lambda: (s := peers.service.status(study_uid)) and s["status"] == "sending", TIMEOUT,
-                 what="results ready to send")
+        wait_for(
+            lambda: (s := peers.service.status(study_uid)) and s["status"] == "sending",
+            TIMEOUT,
+            what="results ready to send",
+        )
         time.sleep(1.0)  # the sender is waiting on the frozen PACS
         peers.service.kill()
     finally:

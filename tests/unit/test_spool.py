@@ -87,11 +87,14 @@ def test_prepare_job_restarts_clean(tmp_path: Path) -> None:
     assert list(spool.job_output_dir(1).iterdir()) == []
 
 
-@pytest.mark.parametrize(("keep", "input_left", "output_left", "study_left"), [
-    ("none", False, False, False),
-    ("results", False, True, False),
-    ("all", True, True, True),
-])
+@pytest.mark.parametrize(
+    ("keep", "input_left", "output_left", "study_left"),
+    [
+        ("none", False, False, False),
+        ("results", False, True, False),
+        ("all", True, True, True),
+    ],
+)
 def test_keep_policies(tmp_path: Path, keep: str, input_left: bool, output_left: bool, study_left: bool) -> None:
     spool = Spool(tmp_path)
     spool.store_instance(STUDY, "1.2.0", b"x")
