@@ -31,7 +31,8 @@ ROUTE_LUA = REPO / "deploy" / "orthanc" / "route.lua"
 ORTHANC_TEMPLATE = REPO / "deploy" / "orthanc" / "orthanc.json"
 PLUGIN_AE = "ICH_TRIAGE"
 ORTHANC_AE = "ORTHANC"
-PLUGIN_MANUFACTURER = "ICH Triage Plugin (open source)"  # dicom_io.result.PLUGIN_MANUFACTURER (checked below)
+PLUGIN_MANUFACTURER = "ICH Triage Plugin (open source)"  # = dicom_io.result.PLUGIN_MANUFACTURER
+
 
 def free_port() -> int:
     with socket.socket() as s:
