@@ -118,7 +118,8 @@ def test_sigterm_finishes_or_parks_the_job(peers: Peers, tmp_path: Path) -> None
         interval=0.05,
         what="the job to start",
     )
-    assert peers.service.terminate(timeout=60) == 0
+    rc = peers.service.terminate(timeout=60)
+    assert rc == 0, peers.service.log_text()[-4000:]
     assert "stopped" in peers.service.log_text()
     peers.service.start()
     assert_results_once(peers, study_uid)

@@ -1,0 +1,84 @@
+"""Evaluate a model on the validation split a training run never trained on, per source, plus the real DICOM
+studies, and print the model card's metrics table.
+
+    python -m training.validation_report --run ~/ich-runs/r1 [--model DIR] --out ~/ich-runs/r1/validation
+
+The split is recomputed exactly as training did it (``split_by_group`` with the run's seed and fraction, by
+patient for PHE-SICH) from the run's recorded arguments; each source's validation slices are written as a
+``labels.csv`` (absolute paths) and scored by ``python -m training.evaluate`` (bootstrap intervals by patient
+where patients are known; the Grad-CAM pointing game where masks exist). The CQ500 series, when present, run
+through the whole application.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from training import evaluate
+from training.data import split_by_group
+from training.train import SYNTHETIC_SOURCES, load_sources
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_split_folders(run: Path, out: Path) -> dict[str, Path]:
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    args = ckpt["args"]
+    samples = load_sources([d for d in args["data"] if not d.startswith("phantom")])
+    _, val = split_by_group(samples, args["val_fraction"], args["split_seed"])
+    folders: dict[str, Path] = {}
+    for source in sorted({s.source for s in val} - SYNTHETIC_SOURCES):
+        rows = [s for s in val if s.source == source]
+        folder = out / source
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = next(d for d in args["data"] if d.startswith("png:") and Path(d[4:]).name == source)
+        root = (REPO / spec[4:]).resolve() if not Path(spec[4:]).is_absolute() else Path(spec[4:])
+        original = {r["path"]: r for r in csv.DictReader(open(root / "labels.csv", newline=""))}
+        with open(folder / "labels.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            has_mask = any(original[s.key].get("mask_path") for s in rows)
+            w.writerow(["path", "hemorrhage", "patient_id"] + (["mask_path"] if has_mask else []))
+            for s in rows:
+                row = original[s.key]
+                extra = [str(root / row["mask_path"])] if has_mask else []
+                w.writerow([str(root / s.key), s.hemorrhage, s.group] + extra)
+        folders[source] = folder
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    run, out = Path(args.run).expanduser(), Path(args.out).expanduser()
+    rows = []
+    for source, folder in write_split_folders(run, out).items():
+        model = ["--model", args.model] if args.model else []
+        code = evaluate.main(["--data", str(folder), "--out", str(folder / "report.json"), "--plots", str(folder / "plots"), *model, "--log-level", "WARNING"])
+        if code != 0:
+            return code
+        rows.append((source, json.loads((folder / "report.json").read_text())))
+    print("\n| validation source | slices (pos) | AUC [95% CI] | sensitivity | specificity | pointing game |")
+    print("|---|---|---|---|---|---|")
+    for source, r in rows:
+        def ci(key: str) -> str:
+            lo, hi = r.get(f"{key}_ci95") or [float("nan"), float("nan")]
+            return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" if r.get(key) is not None else "n/a"
+
+        pos = int(r.get("tp", 0) + r.get("fn", 0))
+        pg = ci("pointing_game") if r.get("pointing_game") is not None else "n/a"
+        print(f"| {source} | {r['n']} ({pos}) | {ci('auc')} | {ci('sensitivity')} | {ci('specificity')} | {pg} |")
+    print(f"\nthreshold {rows[0][1]['threshold']:.4f}; reports and plots under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
