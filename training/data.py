@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from monai_app.pipeline.network import CLASSES
 from monai_app.picture_io import read_picture
+from monai_app.pipeline.network import CLASSES
 from monai_app.pipeline.preprocess import fit_to_input
 from monai_app.pipeline.windowing import WindowPreset, window_to_uint8
 from training.augment import Augmenter

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from monai_app.pipeline.network import ModelConfig
-from training.train import export_best, load_sources
 from training.data import SliceDataset, split_by_group
+from training.train import export_best, load_sources
 
 logger = logging.getLogger("training.export")
 

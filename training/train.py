@@ -33,7 +33,16 @@ import torch.nn.functional as F
 from monai_app.pipeline.network import ModelConfig, build_model, save_artifact
 from training import metrics
 from training.augment import Augmenter
-from training.data import Sample, SliceDataset, describe, read_labelled_folder, read_nifti, read_phantoms, read_rsna, split_by_group
+from training.data import (
+    Sample,
+    SliceDataset,
+    describe,
+    read_labelled_folder,
+    read_nifti,
+    read_phantoms,
+    read_rsna,
+    split_by_group,
+)
 
 logger = logging.getLogger("training.train")
 

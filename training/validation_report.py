@@ -52,6 +52,13 @@ def write_split_folders(run: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
+def _with_ci(report: dict, key: str) -> str:
+    if report.get(key) is None:
+        return "n/a"
+    lo, hi = report.get(f"{key}_ci95") or [float("nan"), float("nan")]
+    return f"{report[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -69,13 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| validation source | slices (pos) | AUC [95% CI] | sensitivity | specificity | pointing game |")
     print("|---|---|---|---|---|---|")
     for source, r in rows:
-        def ci(key: str) -> str:
-            lo, hi = r.get(f"{key}_ci95") or [float("nan"), float("nan")]
-            return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]" if r.get(key) is not None else "n/a"
-
         pos = int(r.get("tp", 0) + r.get("fn", 0))
-        pg = ci("pointing_game") if r.get("pointing_game") is not None else "n/a"
-        print(f"| {source} | {r['n']} ({pos}) | {ci('auc')} | {ci('sensitivity')} | {ci('specificity')} | {pg} |")
+        cells = [_with_ci(r, key) for key in ("auc", "sensitivity", "specificity", "pointing_game")]
+        print(f"| {source} | {r['n']} ({pos}) | " + " | ".join(cells) + " |")
     print(f"\nthreshold {rows[0][1]['threshold']:.4f}; reports and plots under {out}")
     return 0
 

@@ -1,7 +1,7 @@
 """dicom_io.sc_writer: the Secondary Capture lands in the source study, valid per dciodvfy and dcentvfy.
 
-Sources are small CT series written here with pydicom (valid CT Image IOD), and, when present, the real CQ500 headers
-under shared/data. Each object is written to disk, read back and compared, then checked with dicom3tools.
+Sources are small CT series written with pydicom by ct_sources (valid CT Image IOD), and, when present, the real
+CQ500 headers under shared/data. Each object is written to disk, read back and compared, then checked with dicom3tools.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import ct_sources
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from ct_sources import CQ500, PATIENT_STUDY_KEYWORDS, read_headers
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     CTImageStorage,
-    ExplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from dicom_io.result import (
@@ -37,22 +37,13 @@ from dicom_io.result import (
 from dicom_io.sc_writer import build_secondary_capture, derived_uid, patient_orientation_from
 from dicom_io.validate import dcentvfy, dcentvfy_report, dciodvfy, validators_available
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CQ500 = DATA / "cq500-dicom" / "CQ500-CT-0"
 MODEL = ModelIdentity(name="resnet50-ich", version="2.1.0", sha256="ab" * 32)
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyDescription",
-)
+
+SC_SOURCE_HEADER: dict[str, object] = {
+    "PatientAge": "064Y",
+    "StudyDescription": "CT HEAD WO CONTRAST",
+    "SeriesDescription": "HEAD 5mm",
+}
 
 needs_dicom3tools = pytest.mark.skipif(
     not validators_available(), reason="dicom3tools (dciodvfy, dcentvfy) not installed"
@@ -62,50 +53,9 @@ needs_dicom3tools = pytest.mark.skipif(
 # --- sources --------------------------------------------------------------------------------------------------------
 
 
-def write_ct_series(folder: Path, *, n_slices: int = 4, size: int = 32, **overrides: object) -> list[Path]:
-    """Write a small valid CT series (PS3.3 A.3); ``overrides`` set (or, with None, delete) attributes on every slice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for i in range(n_slices):
-        ds = Dataset()
-        sop_uid = generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "PID-1", "19600101", "F"
-        ds.PatientAge = "064Y"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study, "20240102", "101112"
-        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "Ref^Doc", "S1", "ACC1"
-        ds.StudyDescription = "CT HEAD WO CONTRAST"
-        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.BodyPartExamined = "CT", series, 2, "HEAD"
-        ds.SeriesDescription = "HEAD 5mm"
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
-        ds.Manufacturer, ds.InstanceNumber, ds.PatientPosition, ds.AcquisitionNumber = "ACME", i + 1, "HFS", 1
-        ds.ContentDate, ds.ContentTime = "20240102", "101500"
-        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 5.0
-        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [-8.0, -8.0, 5.0 * i]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", size, size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.KVP = -1024, 1, 120
-        ds.PixelData = np.full((size, size), 1024, np.int16).tobytes()
-        for keyword, value in overrides.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        path = folder / f"CT{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def read_headers(paths: Sequence[Path]) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+def write_ct_series(folder: Path, *, n_slices: int = 4, **overrides: object) -> list[Path]:
+    """The shared small CT series (:mod:`ct_sources`) with this file's study and series descriptions."""
+    return ct_sources.write_ct_series(folder, n_slices=n_slices, attributes={**SC_SOURCE_HEADER, **overrides})
 
 
 def analysed_result(sources: Sequence[Dataset], decision: TriageDecision, probability: float) -> StudyResult:

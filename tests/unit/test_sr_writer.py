@@ -1,7 +1,7 @@
 """dicom_io.sr_writer: the TID 1500 report says what the result says, in the source study, valid per dicom3tools.
 
-Sources are small CT series written here with pydicom, and, when present, the real CQ500 headers under shared/data.
-Reports are written to disk, read back with pydicom, and their content tree is searched by concept code.
+Sources are small CT series written with pydicom by ct_sources, and, when present, the real CQ500 headers under
+shared/data. Reports are written to disk, read back with pydicom, and their content tree is searched by concept code.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import ct_sources
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from ct_sources import CQ500, PATIENT_STUDY_KEYWORDS, read_headers
+from pydicom.dataset import Dataset
+from pydicom.uid import ComprehensiveSRStorage, CTImageStorage
 
 from dicom_io.result import (
     NOT_FOR_DIAGNOSTIC_USE,
@@ -30,27 +32,27 @@ from dicom_io.sc_writer import build_secondary_capture, derived_uid
 from dicom_io.sr_writer import build_structured_report
 from dicom_io.validate import dcentvfy, dciodvfy, validators_available
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CQ500 = DATA / "cq500-dicom" / "CQ500-CT-0"
 MODEL = ModelIdentity(name="resnet50-ich", version="2.1.0", sha256="cd" * 32)
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "StudyDescription",
-)
 # Concept codes the report must use (PS3.16 / SNOMED CT).
 ICH, PRESENT, ABSENT, NOT_EVALUATED = "1386000", "52101004", "272519000", "373121007"
 PROBABILITY, THRESHOLD, IMPRESSION = "122157", "122411", "121073"
 ALGORITHM_NAME, ALGORITHM_VERSION, DEVICE_MANUFACTURER = "111001", "111003", "121014"
 SOURCE_OF_MEASUREMENT = "121112"
+
+SR_SOURCE_HEADER: dict[str, object] = {
+    "PatientName": "Müller^Jürgen",
+    "PatientID": "PID-2",
+    "PatientBirthDate": "19501231",
+    "PatientSex": "M",
+    "StudyDate": "20240315",
+    "StudyTime": "083000",
+    "StudyID": "S7",
+    "AccessionNumber": "ACC7",
+    "StudyDescription": "CT HEAD",
+    "SeriesNumber": 3,
+    "ContentDate": "20240315",
+    "ContentTime": "083500",
+}
 
 needs_dicom3tools = pytest.mark.skipif(
     not validators_available(), reason="dicom3tools (dciodvfy, dcentvfy) not installed"
@@ -61,47 +63,14 @@ needs_dicom3tools = pytest.mark.skipif(
 
 
 def write_ct_series(folder: Path, *, n_slices: int = 5, **overrides: object) -> list[Path]:
-    """Write a small valid CT series (PS3.3 A.3); ``overrides`` set (or, with None, delete) attributes on every slice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for i in range(n_slices):
-        ds = Dataset()
-        sop_uid = generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Müller^Jürgen", "PID-2", "19501231", "M"
-        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study, "20240315", "083000"
-        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "Ref^Doc", "S7", "ACC7"
-        ds.StudyDescription = "CT HEAD"
-        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.BodyPartExamined = "CT", series, 3, "HEAD"
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
-        ds.Manufacturer, ds.InstanceNumber, ds.PatientPosition, ds.AcquisitionNumber = "ACME", i + 1, "HFS", 1
-        ds.ContentDate, ds.ContentTime = "20240315", "083500"
-        ds.PixelSpacing, ds.SliceThickness = [0.45, 0.45], 5.0
-        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [-7.2, -7.2, 5.0 * i]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 32, 32
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.KVP = -1024, 1, 120
-        ds.PixelData = np.full((32, 32), 1024, np.int16).tobytes()
-        for keyword, value in overrides.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        path = folder / f"CT{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def read_headers(paths: Sequence[Path]) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    """The shared small CT series (:mod:`ct_sources`) of this file's patient (a non-ASCII name) and study."""
+    return ct_sources.write_ct_series(
+        folder,
+        n_slices=n_slices,
+        pixel_spacing=0.45,
+        origin=(-7.2, -7.2),
+        attributes={**SR_SOURCE_HEADER, **overrides},
+    )
 
 
 def make_result(

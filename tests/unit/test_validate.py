@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from ct_sources import write_ct_series
 
 from dicom_io import validate
 from dicom_io.validate import (
@@ -26,42 +24,10 @@ needs_dicom3tools = pytest.mark.skipif(
 )
 
 
-def _ct_slice(study_uid: str, series_uid: str, for_uid: str, index: int) -> Dataset:
-    """One small CT Image Storage instance that passes dciodvfy (PS3.3 A.3 CT Image IOD)."""
-    ds = Dataset()
-    sop_uid = generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "PID-1", "19600101", "F"
-    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "20240102", "101112"
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "Ref^Doc", "S1", "ACC1"
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.BodyPartExamined = "CT", series_uid, 2, "HEAD"
-    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, ""
-    ds.Manufacturer, ds.InstanceNumber, ds.PatientPosition, ds.AcquisitionNumber = "ACME", index + 1, "HFS", 1
-    ds.ContentDate, ds.ContentTime = "20240102", "101500"
-    ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 5.0
-    ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [-8.0, -8.0, 5.0 * index]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 16, 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope, ds.KVP = -1024, 1, 120
-    ds.PixelData = np.zeros((16, 16), np.int16).tobytes()
-    return ds
-
-
 @pytest.fixture
 def ct_pair(tmp_path: Path) -> tuple[Path, Path]:
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for i in range(2):
-        path = tmp_path / f"ct{i}.dcm"
-        _ct_slice(study, series, frame, i).save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths[0], paths[1]
+    first, second = write_ct_series(tmp_path, n_slices=2, size=16, pixel_value=0)
+    return first, second
 
 
 def _rewrite(path: Path, **changes: object) -> None:
