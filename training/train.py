@@ -64,6 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CPU with AVX-512/AMX, or CUDA)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--init", default="", help="start from these model weights (a checkpoint's 'model'), fresh optimizer: a second stage")
     p.add_argument("--resume", default="", help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pt when present")
     p.add_argument("--checkpoint-steps", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps in this run (0: no limit)")
@@ -288,6 +289,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     resume = args.resume
     if resume == "auto":
         resume = str(out_dir / "checkpoint.pt") if (out_dir / "checkpoint.pt").is_file() else ""
+    if args.init and not resume:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
+        logger.info("initialised from %s", args.init)
     if resume:
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])

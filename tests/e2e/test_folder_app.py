@@ -226,7 +226,7 @@ def test_predict_any_picture_and_dicom(tmp_path):
     assert all(0 <= p <= 1 for p in probs)
     assert abs(probs[0] - probs[1]) < 0.15  # the same slice as RGBA at another size scores alike
     for r in rows:
-        panel = Image.open(r[3])
+        panel = Image.open(tmp_path / r[3])
         assert panel.width == 3 * panel.height  # image | heatmap | overlay
 
 
