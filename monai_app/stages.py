@@ -215,7 +215,7 @@ def not_analyzed(study_uid: str, error: NotAnalyzedError, config: ModelConfig) -
         model=model_identity(config),
         threshold=config.threshold,
         reason=error.reason,
-        message=str(error.message if hasattr(error, "message") else error),
+        message=error.message,
     )
 
 

@@ -44,6 +44,19 @@ def assert_results_once(peers: Peers, study_uid: str) -> dict:  # type: ignore[t
     return status
 
 
+def store_and_wait_until_processing(peers: Peers, tmp_path: Path) -> str:
+    """Store a 16-slice study through Orthanc and return its UID once the service's job is running."""
+    study_uid, files = write_study(tmp_path / "study", n_slices=16)
+    peers.orthanc.storescu(files)
+    wait_for(
+        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
+        TIMEOUT,
+        interval=0.05,
+        what="the job to start",
+    )
+    return study_uid
+
+
 def test_pacs_down_while_results_are_ready(peers: Peers, tmp_path: Path) -> None:
     study_uid, files = write_study(tmp_path / "study", n_slices=16)
     peers.orthanc.stop()
@@ -95,14 +108,7 @@ def test_sigkill_during_receive(peers: Peers, tmp_path: Path) -> None:
 
 
 def test_sigkill_during_processing(peers: Peers, tmp_path: Path) -> None:
-    study_uid, files = write_study(tmp_path / "study", n_slices=16)
-    peers.orthanc.storescu(files)
-    wait_for(
-        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
-        TIMEOUT,
-        interval=0.05,
-        what="the job to start",
-    )
+    study_uid = store_and_wait_until_processing(peers, tmp_path)
     peers.service.kill()
     peers.service.start()
     status = assert_results_once(peers, study_uid)
@@ -110,14 +116,7 @@ def test_sigkill_during_processing(peers: Peers, tmp_path: Path) -> None:
 
 
 def test_sigterm_finishes_or_parks_the_job(peers: Peers, tmp_path: Path) -> None:
-    study_uid, files = write_study(tmp_path / "study", n_slices=16)
-    peers.orthanc.storescu(files)
-    wait_for(
-        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
-        TIMEOUT,
-        interval=0.05,
-        what="the job to start",
-    )
+    study_uid = store_and_wait_until_processing(peers, tmp_path)
     rc = peers.service.terminate(timeout=60)
     assert rc == 0, peers.service.log_text()[-4000:]
     assert "stopped" in peers.service.log_text()
@@ -126,14 +125,7 @@ def test_sigterm_finishes_or_parks_the_job(peers: Peers, tmp_path: Path) -> None
 
 
 def test_sigkill_during_sending(peers: Peers, tmp_path: Path) -> None:
-    study_uid, files = write_study(tmp_path / "study", n_slices=16)
-    peers.orthanc.storescu(files)
-    wait_for(
-        lambda: (s := peers.service.status(study_uid)) and s["status"] == "running",
-        TIMEOUT,
-        interval=0.05,
-        what="the job to start",
-    )
+    study_uid = store_and_wait_until_processing(peers, tmp_path)
     peers.orthanc.pause()  # SIGSTOP: the sender's association hangs
     try:
         wait_for(
