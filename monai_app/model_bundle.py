@@ -30,5 +30,10 @@ class ModelBundle:
         folder = resolve_model_dir(model_path)
         model, config = load_artifact(folder, device=pick_device(app_config.device))
         classifier = SliceClassifier(model, config, batch_size=app_config.batch_size, precision=app_config.precision)
+        explainer = Explainer(model, config)
+        # warm-up: oneDNN builds its kernels on the first call of each shape; pay that at start, not per study
+        zeros = torch.zeros(app_config.batch_size, config.in_channels, config.input_size, config.input_size)
+        classifier(zeros)
+        explainer(zeros[:1])
         logger.info("model %s %s loaded from %s (%s, %s)", config.name, config.version, folder, classifier.device, classifier.precision)
-        return cls(model=model, config=config, classifier=classifier, explainer=Explainer(model, config), folder=folder)
+        return cls(model=model, config=config, classifier=classifier, explainer=explainer, folder=folder)

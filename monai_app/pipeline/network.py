@@ -45,6 +45,7 @@ class ModelConfig:
     classes: tuple[str, ...] = CLASSES
     threshold: float = 0.5
     gradcam_layer: str = "layer4"
+    tta_flip: bool = False  # test-time augmentation: average with the left-right mirrored slice
     sha256: str = ""
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -71,8 +71,10 @@ class SliceClassifier:
         for start in range(0, len(inputs), self.batch_size):
             batch = inputs[start : start + self.batch_size].to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.model(batch)
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+                probs = torch.sigmoid(self.model(batch).float())
+                if self.config.tta_flip:  # a head is left-right symmetric; a bleed on either side is a bleed
+                    probs = 0.5 * (probs + torch.sigmoid(self.model(torch.flip(batch, dims=(-1,))).float()))
+            out.append(probs.cpu().numpy())
         if not out:
             return np.zeros((0, len(self.config.classes)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
