@@ -8,6 +8,7 @@ Bad input raises :class:`dicom_io.errors.NotAnalyzedError`; :func:`not_analyzed`
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def result_lines(result: StudyResult, key: int | None = None) -> list[str]:
         return [
             "ICH triage: NOT ANALYZED",
             f"Reason: {result.reason.value if result.reason else ''}",
-            *_wrap(result.message, 60),
+            *textwrap.wrap(result.message, 60),
             f"Model {result.model.name} {result.model.version}",
         ]
     verdict = "hemorrhage suspected" if result.decision is TriageDecision.POSITIVE else "no hemorrhage detected"
@@ -195,17 +196,6 @@ def result_lines(result: StudyResult, key: int | None = None) -> list[str]:
         lines.append(f"Slice {key + 1} of {len(result.slices)}, z {s.z_mm:.1f} mm, p {s.probability:.2f}")
     lines.append(f"Model {result.model.name} {result.model.version}; Grad-CAM red = what drove the score")
     return lines
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return lines + ([line] if line else [])
 
 
 def not_analyzed(study_uid: str, error: NotAnalyzedError, config: ModelConfig) -> StudyResult:
