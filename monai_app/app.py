@@ -38,6 +38,7 @@ class ICHTriageApp(Application):
         app_config: selection rules, slab thickness, aggregation.
         scan: the folder's headers when the caller already scanned it.
         study_uid: which study of the folder to analyse (required when it holds several).
+        on_start: called when the graph starts, before the first stage (the runner puts back its signal handlers).
         on_done: called with the final :class:`StudyState`.
     """
 
@@ -49,11 +50,12 @@ class ICHTriageApp(Application):
         app_config: AppConfig,
         scan: ScanResult | None = None,
         study_uid: str | None = None,
+        on_start: Callable[[], Any] | None = None,
         on_done: Callable[[StudyState], Any] | None = None,
     ) -> None:
         self.input_dir, self.output_dir = Path(input_dir), Path(output_dir)
         self.bundle, self.app_config = bundle, app_config
-        self.scan, self.study_uid, self.on_done = scan, study_uid, on_done
+        self.scan, self.study_uid, self.on_start, self.on_done = scan, study_uid, on_start, on_done
         super().__init__()
         self.name = "ich-triage"
         self.description = "Intracranial hemorrhage triage of head CT with Grad-CAM (research use only)"
@@ -61,7 +63,14 @@ class ICHTriageApp(Application):
     def compose(self) -> None:
         common = {"bundle": self.bundle, "app_config": self.app_config}
         study_loader = StudyLoaderOperator(
-            self, CountCondition(self, 1), input_dir=self.input_dir, bundle=self.bundle, scan=self.scan, study_uid=self.study_uid, name="study_loader"
+            self,
+            CountCondition(self, 1),
+            input_dir=self.input_dir,
+            bundle=self.bundle,
+            scan=self.scan,
+            study_uid=self.study_uid,
+            on_start=self.on_start,
+            name="study_loader",
         )
         series_selector = SeriesSelectorOperator(self, name="series_selector", **common)
         volume = VolumeOperator(self, name="volume", **common)

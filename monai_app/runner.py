@@ -18,6 +18,7 @@ from monai_app.app import ICHTriageApp
 from monai_app.app_config import AppConfig
 from monai_app.model_bundle import ModelBundle
 from monai_app.operators.stage_operators import StudyState
+from monai_app.signals import SignalDispositions
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class StudyRunner:
     def __init__(self, model_path: str | Path | None = None, app_config: AppConfig | None = None) -> None:
         self.app_config = app_config or AppConfig()
         self.bundle = ModelBundle.load(model_path, self.app_config)
+        self.signals = SignalDispositions()  # the caller's handlers (the service's SIGTERM: finish or park the job)
 
     def run(self, input_dir: Path, output_dir: Path) -> StudyResult:
         """Analyse the one study in ``input_dir``; outputs in ``output_dir``. Returns its result."""
@@ -54,7 +56,9 @@ class StudyRunner:
     def _run_study(self, input_dir: Path, output_dir: Path, scan: stages.ScanResult, study_uid: str) -> StudyResult:
         done: list[StudyState] = []
         try:
-            ICHTriageApp(input_dir, output_dir, self.bundle, self.app_config, scan=scan, study_uid=study_uid, on_done=done.append).run()
+            ICHTriageApp(
+                input_dir, output_dir, self.bundle, self.app_config, scan=scan, study_uid=study_uid, on_start=self.signals.restore, on_done=done.append
+            ).run()
             if not done:
                 raise RuntimeError("the application finished without writing a result")
             result = done[0].result

@@ -76,9 +76,18 @@ class StudyLoaderOperator(Operator):
     """Source: scans the input folder (headers only) and picks the study; emits a fresh state."""
 
     def __init__(
-        self, fragment: Fragment, *args: Any, input_dir: Path, bundle: ModelBundle, scan: ScanResult | None = None, study_uid: str | None = None, **kwargs: Any
+        self,
+        fragment: Fragment,
+        *args: Any,
+        input_dir: Path,
+        bundle: ModelBundle,
+        scan: ScanResult | None = None,
+        study_uid: str | None = None,
+        on_start: Any = None,
+        **kwargs: Any,
     ) -> None:
         self.input_dir = Path(input_dir)
+        self.on_start = on_start
         self.bundle = bundle
         self.scan = scan
         self.study_uid = study_uid
@@ -88,6 +97,8 @@ class StudyLoaderOperator(Operator):
         spec.output(PORT)
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        if self.on_start is not None:
+            self.on_start()
         state = StudyState(input_dir=self.input_dir)
         try:
             scan = self.scan or stages.scan(self.input_dir)
