@@ -44,7 +44,9 @@ class ModelConfig:
     crop_to_head: bool = True
     classes: tuple[str, ...] = CLASSES
     threshold: float = 0.5
-    gradcam_layer: str = "layer4"
+    # layer2 (16x16 maps at 128 px) localises: on PHE-SICH validation its maximum lay a median ~20 px from the
+    # lesion against ~38 px for layer4, whose 4x4 map cannot point finer than a quarter of the head
+    gradcam_layer: str = "layer2"
     tta_flip: bool = False  # test-time augmentation: average with the left-right mirrored slice
     sha256: str = ""
     training_data: str = ""
@@ -157,7 +159,9 @@ def load_config(folder: Path) -> ModelConfig:
         raise ModelArtifactError(f"unreadable model config in {folder}: {exc}") from exc
 
 
-def load_artifact(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelConfig]:
+def load_artifact(
+    path: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ModelConfig]:
     """Load, verify the sha256, build the eager model in fp32, eval mode, channels_last."""
     folder = resolve_model_dir(path)
     config = load_config(folder)

@@ -23,6 +23,7 @@ from monai_app.pipeline.preprocess import fit_to_input
 from monai_app.pipeline.slice_classifier import SliceClassifier
 from training import evaluate, metrics
 from training.data import read_picture
+from training.perturb import perturb
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
@@ -149,6 +150,11 @@ def read_scores(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str
     )
 
 
+def read_distances(path: Path) -> dict[str, float]:
+    with open(path, newline="") as fh:
+        return {r["path"]: float(r["pointing_distance_px"]) for r in csv.DictReader(fh) if r["pointing_distance_px"]}
+
+
 # ---------------------------------------------------------------- evaluate
 def test_report_matches_scores_threshold_and_skips_unreadable(
     dataset: Path, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -241,6 +247,8 @@ def test_pointing_game_maps_back_through_the_head_crop(
             str(tmp_path / "s.csv"),
             "--bootstrap",
             "20",
+            "--pointing-tolerance",
+            "10",
         ]
     )
     report = json.loads((tmp_path / "r.json").read_text())
@@ -250,6 +258,12 @@ def test_pointing_game_maps_back_through_the_head_crop(
     assert {n for n, h in zip(names, hits, strict=True) if h == "1"} == {"s1.png", "s5.png"}
     lo, hi = report["pointing_game_ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    # the off-centre lesions' discs (radius 8) sit 12.8 px from the head centre: about 5 px from the peak
+    distances = read_distances(tmp_path / "s.csv")
+    assert distances["s1.png"] == 0.0 and distances["s5.png"] == 0.0
+    assert 3.0 < distances["s3.jpg"] < 8.0 and 3.0 < distances["s7.png"] < 8.0
+    assert report["pointing_tolerance_px"] == 10.0 and report["pointing_game_tolerant"] == pytest.approx(1.0)
+    assert report["pointing_distance_median_px"] == pytest.approx(np.median(list(distances.values())))
 
 
 def test_pointing_hit() -> None:
@@ -264,6 +278,20 @@ def test_pointing_hit() -> None:
     )  # a flat map points nowhere
     with pytest.raises(ValueError):
         evaluate.pointing_hit(cam, mask[:5])
+
+
+def test_pointing_distance_and_tolerance() -> None:
+    # an outline mask (a ring, like PHE-SICH's edema around a hematoma) and a map peaking at its centre
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    ring = (r >= 10) & (r < 12)
+    cam = np.exp(-(r**2) / 20.0).astype(np.float32)
+    assert evaluate.pointing_distance(cam, ring) == pytest.approx(10.0)
+    assert not evaluate.pointing_hit(cam, ring)
+    assert not evaluate.pointing_hit(cam, ring, tolerance=9.5) and evaluate.pointing_hit(cam, ring, tolerance=10.0)
+    assert evaluate.pointing_distance(cam, r < 12) == 0.0
+    assert evaluate.pointing_distance(cam, np.zeros_like(ring)) == np.inf  # nothing to point at
+    assert evaluate.pointing_distance(np.ones_like(cam), ring) == np.inf  # a flat map points nowhere
 
 
 def raw_gradcam(model: torch.nn.Module, x: torch.Tensor, layer_name: str = "layer4") -> np.ndarray:
@@ -283,14 +311,14 @@ def raw_gradcam(model: torch.nn.Module, x: torch.Tensor, layer_name: str = "laye
 
 
 def test_gradcam_map_is_high_where_raw_gradcam_is_high() -> None:
-    """Explainer's map against Grad-CAM computed by hand (ReLU(sum_k mean(dy/dA_k) A_k)) on layer4."""
+    """Explainer's map against Grad-CAM computed by hand (ReLU(sum_k mean(dy/dA_k) A_k)) on the configured layer."""
     config = ModelConfig(input_size=96)
     x = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(0)) * 0.2
     x[..., 16:48, 48:88] = 1.0
     for seed in range(1, 10):
         torch.manual_seed(seed)
         model = build_model(config).eval()
-        raw = raw_gradcam(model, x)
+        raw = raw_gradcam(model, x, config.gradcam_layer)
         if (raw > 0).sum() >= 4:
             break
     else:
@@ -429,3 +457,24 @@ def test_precision_recall_and_calibration_bins() -> None:
     assert count.tolist() == [2, 3]
     np.testing.assert_allclose(mean_p, [0.125, 0.8])
     np.testing.assert_allclose(frac, [0.0, 2 / 3])
+
+
+def test_perturbed_evaluation_scores_the_changed_slices(dataset: Path, artifact: Path, tmp_path: Path) -> None:
+    argv = ["--data", str(dataset), "--model", str(artifact), "--bootstrap", "0", "--precision", "fp32"]
+    assert evaluate.main([*argv, "--scores", str(tmp_path / "plain.csv")]) == 0
+    rc = evaluate.main(
+        [*argv, "--perturb", "thumbnail", "--out", str(tmp_path / "r.json"), "--scores", str(tmp_path / "t.csv")]
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    names, labels, scores, hits = read_scores(tmp_path / "t.csv")
+    plain_names, _, plain_scores, _ = read_scores(tmp_path / "plain.csv")
+    assert rc == 0 and report["perturbation"] == "thumbnail" and report["n"] == 8
+    assert "pointing_game" not in report and set(hits) == {""}  # masks no longer line up: no pointing game
+    assert names == plain_names and not np.allclose(scores, plain_scores)  # same slices, changed pictures
+    model, config = load_artifact(artifact)
+    expected = []
+    for name in names:
+        gray = perturb(read_picture(dataset / name), "thumbnail", name)
+        x, _ = fit_to_input(np.repeat(gray[None], config.in_channels, axis=0), config.input_size, config.crop_to_head)
+        expected.append(x)
+    assert np.allclose(scores, SliceClassifier(model, config, precision="fp32")(torch.stack(expected))[:, 0], atol=1e-5)
