@@ -22,6 +22,7 @@ import torch
 
 from training import evaluate
 from training.data import split_by_group
+from training.perturb import PERTURBATIONS
 from training.train import SYNTHETIC_SOURCES, load_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,17 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         default=str(REPO.parent / "shared" / "data" / "cq500-dicom"),
         help="a folder of DICOM study folders to run through the whole application ('' to skip)",
     )
+    p.add_argument(
+        "--stress",
+        default=",".join(sorted(PERTURBATIONS)),
+        help="comma-separated training.perturb names to score each source under as well ('' to skip)",
+    )
     args = p.parse_args(argv)
     run, out = Path(args.run).expanduser(), Path(args.out).expanduser()
-    rows = []
+    model = ["--model", args.model] if args.model else []
+    rows, stressed = [], []
     for source, folder in write_split_folders(run, out).items():
-        model = ["--model", args.model] if args.model else []
+        report = folder / "report.json"
         code = evaluate.main(
             [
                 "--data",
                 str(folder),
                 "--out",
-                str(folder / "report.json"),
+                str(report),
                 "--plots",
                 str(folder / "plots"),
                 *model,
@@ -89,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if code != 0:
             return code
-        rows.append((source, json.loads((folder / "report.json").read_text())))
+        rows.append((source, json.loads(report.read_text())))
+        for name in [n for n in args.stress.split(",") if n]:
+            report = folder / f"report-{name}.json"
+            argv = ["--data", str(folder), "--out", str(report), "--perturb", name, "--bootstrap", "200", *model]
+            if evaluate.main([*argv, "--log-level", "WARNING"]) != 0:
+                return 2
+            stressed.append((source, name, json.loads(report.read_text())))
     print(
         "\n| validation source | slices (pos) | AUC [95% CI] | sensitivity | specificity | pointing game | within 15 px |"
     )
@@ -100,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         cells = [_with_ci(r, key) for key in keys]
         print(f"| {source} | {r['n']} ({pos}) | " + " | ".join(cells) + " |")
     print(f"\nthreshold {rows[0][1]['threshold']:.4f}; reports and plots under {out}")
+    if stressed:
+        print("\n| stress test (training.perturb) | source | AUC [95% CI] | sensitivity | specificity |")
+        print("|---|---|---|---|---|")
+        for source, name, r in stressed:
+            cells = [_with_ci(r, key) for key in ("auc", "sensitivity", "specificity")]
+            print(f"| {name} | {source} | " + " | ".join(cells) + " |")
     studies = sorted(d for d in Path(args.dicom).expanduser().glob("*") if d.is_dir()) if args.dicom else []
     if studies:
         print("\n| DICOM study (whole application) | decision | study probability | slices |")
