@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from monai_app.pipeline.network import ModelConfig, build_model, save_artifact
 from training import metrics
@@ -151,6 +152,15 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
     total, count = 0.0, 0
     start = time.time()
     n_batches = loader.sampler.batches_per_epoch()
+    # a progress bar on a terminal (rank 0); log lines every 10 steps either way, for files and pipes
+    bar = tqdm(
+        total=n_batches,
+        initial=state["batch"],
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=not sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0,
+        leave=False,
+    )
     for x, y in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
@@ -165,11 +175,14 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
         state["global_step"] += 1
         total += float(loss.detach()) * len(x)
         count += len(x)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         if state["batch"] % 10 == 0 or state["batch"] == n_batches:
             rate = count / max(1e-6, time.time() - start)
             logger.info("epoch %d [%d/%d] loss %.4f  %.1f img/s", epoch, state["batch"], n_batches, total / count, rate)
         if on_step():
             break
+    bar.close()
     return total / max(1, count)
 
 
