@@ -1,6 +1,6 @@
 """Export a training run's best checkpoint as the bundled model artifact (fp16 state_dict + config.json).
 
-    python -m training.export --run ~/ich-runs/r1 --out monai_app/models/ich-resnet50 --version 0.1.0
+    python -m training.export --run ~/ich-runs/r1 --out monai_app/models/ich-resnet50 --version 0.1.0 [--tta-flip]
 
 The operating threshold is chosen on the run's validation split (the same split the run recorded, by
 patient where patients are known) for ``--target-sensitivity``; metrics with 95% bootstrap intervals are
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--version", required=True)
     p.add_argument("--target-sensitivity", type=float, default=None)
+    p.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="serve with flip test-time augmentation; the threshold is chosen with it",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run = Path(args.run).expanduser()
@@ -40,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         train_args.target_sensitivity = args.target_sensitivity
     samples = load_sources(train_args.data or ["png:../shared/data/rsna-ich-subset", "png:../shared/data/phe-sich-ct"])
     _, val = split_by_group(samples, train_args.val_fraction, train_args.split_seed)
-    config = ModelConfig(version=args.version, input_size=train_args.input_size, training_data=", ".join(train_args.data))
-    stored = export_best(train_args, config, SliceDataset(val, train_args.input_size, config.in_channels), torch.device("cpu"))
+    config = ModelConfig(
+        version=args.version,
+        input_size=train_args.input_size,
+        training_data=", ".join(train_args.data),
+        tta_flip=args.tta_flip,
+    )
+    stored = export_best(
+        train_args, config, SliceDataset(val, train_args.input_size, config.in_channels), torch.device("cpu")
+    )
     print(json.dumps(stored.metrics, indent=2))
     return 0
 

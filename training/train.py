@@ -50,13 +50,27 @@ logger = logging.getLogger("training.train")
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the ICH ResNet50 classifier", add_help=add_help)
-    p.add_argument("--data", action="append", default=[], help="png:DIR | rsna:DICOM_DIR:CSV | nifti:VOLUME:MASK | phantom:N (repeatable)")
-    p.add_argument("--output-dir", default=str(Path.home() / "ich-runs" / "default"), help="checkpoints and logs (outside the work tree)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="png:DIR | rsna:DICOM_DIR:CSV | nifti:VOLUME:MASK | phantom:N (repeatable)",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=str(Path.home() / "ich-runs" / "default"),
+        help="checkpoints and logs (outside the work tree)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--pos-weight", type=float, default=1.4, help="loss weight of hemorrhage-positive slices (student recipe 1.3-1.5)")
+    p.add_argument(
+        "--pos-weight",
+        type=float,
+        default=1.4,
+        help="loss weight of hemorrhage-positive slices (student recipe 1.3-1.5)",
+    )
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--split-seed", type=int, default=0)
@@ -65,14 +79,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: default)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CPU with AVX-512/AMX, or CUDA)")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--init", default="", help="start from these model weights (a checkpoint's 'model'), fresh optimizer: a second stage")
+    p.add_argument(
+        "--init",
+        default="",
+        help="start from these model weights (a checkpoint's 'model'), fresh optimizer: a second stage",
+    )
     p.add_argument("--resume", default="", help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pt when present")
     p.add_argument("--checkpoint-steps", type=int, default=50)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps in this run (0: no limit)")
+    p.add_argument(
+        "--max-steps", type=int, default=0, help="stop after this many optimizer steps in this run (0: no limit)"
+    )
     p.add_argument("--test-only", action="store_true")
     p.add_argument("--export", default="", help="write the best model as an artifact folder here")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--target-sensitivity", type=float, default=0.90)
+    p.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="exported model averages each slice with its mirror image (threshold chosen so)",
+    )
     p.add_argument("--device", default="auto")
     return p
 
@@ -187,15 +212,21 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
 
 
 @torch.inference_mode()
-def predict(model, dataset: SliceDataset, device, amp: bool, batch_size: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Sigmoid of the 'any' logit for every slice of ``dataset`` (no augmentation)."""
+def predict(
+    model, dataset: SliceDataset, device, amp: bool, batch_size: int = 64, tta_flip: bool = False
+) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Probability of 'any' for every slice of ``dataset`` (no augmentation); with ``tta_flip`` the mean with
+    the left-right mirrored slice, as ``SliceClassifier`` serves a model whose config sets ``tta_flip``."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = []
     for x, _ in loader:
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            logits = model(x.to(device).contiguous(memory_format=torch.channels_last))
-        out.append(torch.sigmoid(logits.float()[:, 0]).cpu().numpy())
+            probs = torch.sigmoid(model(x).float()[:, 0])
+            if tta_flip:
+                probs = 0.5 * (probs + torch.sigmoid(model(torch.flip(x, dims=(-1,))).float()[:, 0]))
+        out.append(probs.cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -234,13 +265,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def export_best(args: argparse.Namespace, config: ModelConfig, val_set: SliceDataset, device: torch.device) -> ModelConfig:
+def export_best(
+    args: argparse.Namespace, config: ModelConfig, val_set: SliceDataset, device: torch.device
+) -> ModelConfig:
     """Load the best checkpoint, choose the threshold on validation, write the artifact."""
     best = torch.load(Path(args.output_dir) / "best.pt", map_location="cpu", weights_only=True)
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(best["model"])
     real = real_mask(val_set.samples)
-    scores = predict(model, val_set, device, args.amp)[real]
+    scores = predict(model, val_set, device, args.amp, tta_flip=config.tta_flip)[real]
     labels = np.array([s.hemorrhage for s in val_set.samples])[real]
     threshold = metrics.threshold_for_sensitivity(labels, scores, args.target_sensitivity)
     op = metrics.at_threshold(labels, scores, threshold)
@@ -248,13 +281,16 @@ def export_best(args: argparse.Namespace, config: ModelConfig, val_set: SliceDat
         "validation_slices": len(labels),
         "auc": metrics.roc_auc(labels, scores),
         "auc_ci95": metrics.bootstrap_ci(labels, scores, metrics.roc_auc),
-        "threshold_rule": f"highest threshold with validation sensitivity >= {args.target_sensitivity}",
+        "threshold_rule": f"highest threshold with validation sensitivity >= {args.target_sensitivity}"
+        + (" (scores with tta_flip)" if config.tta_flip else ""),
         **{k: op[k] for k in ("sensitivity", "specificity", "accuracy")},
         "epoch": best["epoch"],
     }
     config = replace(config, threshold=threshold, metrics=summary)
     stored = save_artifact(model.cpu(), config, Path(args.export))
-    logger.info("exported %s (threshold %.4f, val AUC %.4f) to %s", stored.version, threshold, summary["auc"], args.export)
+    logger.info(
+        "exported %s (threshold %.4f, val AUC %.4f) to %s", stored.version, threshold, summary["auc"], args.export
+    )
     return stored
 
 
@@ -283,11 +319,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         logger.info("train: %s", describe(train_samples))
         logger.info("val:   %s", describe(val_samples))
         (out_dir / "split.json").write_text(
-            json.dumps({"train": sorted({s.group for s in train_samples}), "val": sorted({s.group for s in val_samples})}, indent=0)
+            json.dumps(
+                {"train": sorted({s.group for s in train_samples}), "val": sorted({s.group for s in val_samples})},
+                indent=0,
+            )
         )
     config = ModelConfig(
         version=args.version,
         input_size=args.input_size,
+        tta_flip=getattr(args, "tta_flip", False),
         training_data=", ".join(args.data or ["rsna-ich-subset", "phe-sich-ct"]),
     )
     augment = None if args.no_augment else Augmenter(seed=args.seed * 7919 + rank)
@@ -323,7 +363,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         return result
 
     sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=False, worker_init_fn=seed_augmenter
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        drop_last=False,
+        worker_init_fn=seed_augmenter,
     )
 
     stop = {"flag": False}
@@ -339,7 +385,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         if rank == 0:
             save_checkpoint(
                 out_dir / name,
-                {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state), "args": vars(args)},
+                {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": dict(state),
+                    "args": vars(args),
+                },
             )
 
     def on_step() -> bool:
@@ -364,17 +416,27 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         auc = float(auc_t)
         scheduler.step(auc if not math.isnan(auc) else 0.0)
         if rank == 0:
-            row = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "time": time.time(), **result}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time": time.time(),
+                **result,
+            }
             new = not metrics_path.exists()
             with open(metrics_path, "a", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=list(row))
                 if new:
                     w.writeheader()
                 w.writerow(row)
-            logger.info("epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            logger.info(
+                "epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+            )
             if not math.isnan(auc) and auc > state["best_auc"]:
                 state["best_auc"] = auc
-                save_checkpoint(out_dir / "best.pt", {"model": unwrap(model).state_dict(), "epoch": epoch, "val": result})
+                save_checkpoint(
+                    out_dir / "best.pt", {"model": unwrap(model).state_dict(), "epoch": epoch, "val": result}
+                )
         state["epoch"] += 1
         state["batch"] = 0
         checkpoint()

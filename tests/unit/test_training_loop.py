@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ import torch
 from PIL import Image
 
 from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, sha256_of
-from training import train
+from monai_app.pipeline.slice_classifier import SliceClassifier
+from training import export, metrics, train
 from training.data import SliceDataset, read_labelled_folder, split_by_group
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,3 +289,23 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tiny_data: tuple[Path,
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == per_rank
     assert set(ranks[0]["seen"]) | set(ranks[1]["seen"]) == set(range(n_train))
     assert ckpt["state"]["global_step"] == math.ceil(per_rank / 2) and ckpt["state"]["epoch"] == 1
+
+
+# ---------------------------------------------------------------- export with flip TTA
+def test_export_with_tta_flip_picks_its_threshold_on_the_served_scores(
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None
+) -> None:
+    data, split_seed, _ = tiny_data
+    out = tmp_path / "run"
+    run_main(data, split_seed, out, "--epochs", "1")
+    assert export.main(["--run", str(out), "--out", str(tmp_path / "tta"), "--version", "0.2.0", "--tta-flip"]) == 0
+    model, config = load_artifact(tmp_path / "tta")
+    assert config.tta_flip and "tta_flip" in config.metrics["threshold_rule"]
+    # the threshold must come from what serving computes: SliceClassifier with the config's TTA, on validation
+    _, val = split_by_group(read_labelled_folder(data), VAL_FRACTION, split_seed)
+    inputs = torch.stack([SliceDataset(val, SIZE)[i][0] for i in range(len(val))])
+    served = SliceClassifier(model, config, precision="fp32")(inputs)[:, 0]
+    labels = np.array([s.hemorrhage for s in val])
+    assert config.threshold == pytest.approx(metrics.threshold_for_sensitivity(labels, served, 0.90), abs=2e-3)
+    unflipped = SliceClassifier(model, replace(config, tta_flip=False), precision="fp32")(inputs)[:, 0]
+    assert not np.allclose(served, unflipped)  # the flip changes the scores, so the check above means something
