@@ -241,7 +241,8 @@ class Bootstrap:
     def unit(self) -> str:
         return "patient" if self.by_group else "slice"
 
-    def _draws(self) -> list[np.ndarray]:
+    def draws(self) -> list[np.ndarray]:
+        """The resampled index arrays (groups kept together); the same for every statistic of one seed."""
         rng = np.random.default_rng(self.seed)
         if not self.by_group:
             return [rng.integers(0, self.n, self.n) for _ in range(self.resamples)]
@@ -253,7 +254,7 @@ class Bootstrap:
         if self.n == 0 or self.resamples <= 0:
             return None
         labels, values = np.asarray(labels), np.asarray(values)
-        stats = [statistic(labels[idx], values[idx]) for idx in self._draws()]
+        stats = [statistic(labels[idx], values[idx]) for idx in self.draws()]
         finite = [v for v in stats if not math.isnan(v)]
         if not finite:
             return None
@@ -463,7 +464,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _load_model(path: str | None, device: torch.device) -> tuple[torch.nn.Module, ModelConfig]:
+def load_model(path: str | None, device: torch.device) -> tuple[torch.nn.Module, ModelConfig]:
     """Load the artifact; EvaluationInputError with one line when it is missing or unusable."""
     folder = Path(path).expanduser() if path is not None else default_model_dir()
     if not folder.exists():
@@ -476,7 +477,7 @@ def _load_model(path: str | None, device: torch.device) -> tuple[torch.nn.Module
         raise EvaluationInputError(f"cannot load model {folder}: {_one_line(exc)}") from exc
 
 
-def _read_labels(data: Path) -> tuple[list[Sample], bool]:
+def read_labels(data: Path) -> tuple[list[Sample], bool]:
     """The samples of ``data/labels.csv`` and whether it has a ``mask_path`` column."""
     try:
         samples = read_labelled_folder(data)
@@ -525,8 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     data = Path(args.data).expanduser()
     try:
-        samples, has_masks = _read_labels(data)
-        model, config = _load_model(args.model, pick_device(args.device))
+        samples, has_masks = read_labels(data)
+        model, config = load_model(args.model, pick_device(args.device))
         classifier = SliceClassifier(model, config, batch_size=args.batch_size, precision=args.precision)
         play = has_masks and not args.no_pointing_game and not args.perturb
         explainer = Explainer(model, config) if play else None

@@ -386,7 +386,7 @@ def test_bootstrap_resamples_patients_together() -> None:
     groups = ["a", "a", "a", "b", "c", "c"]
     boot = evaluate.Bootstrap(groups, resamples=50, seed=1)
     assert boot.by_group and boot.unit == "patient"
-    for idx in boot._draws():
+    for idx in boot.draws():
         drawn = [groups[i] for i in idx]
         for g in set(drawn):  # a drawn patient comes with all of its slices, as often as it was drawn
             assert drawn.count(g) % groups.count(g) == 0
