@@ -95,11 +95,12 @@ def run_case(case: str, model_dir: str | None) -> dict:
         timings["model load"] = time.perf_counter() - t
         # the whole application first (SDK operators and scheduler, as the service runs it, model loaded once),
         # so the process's peak RSS at this point is the application's own
-        runner = StudyRunner.__new__(StudyRunner)
-        runner.app_config, runner.bundle = app_config, bundle
+        runner = StudyRunner.from_bundle(bundle, app_config)
         t = time.perf_counter()
-        runner.run(study, Path(tmp) / "out2")
+        whole = runner.run(study, Path(tmp) / "out2")
         timings["whole app (SDK run)"] = time.perf_counter() - t
+        if whole.decision.value == "NOT_ANALYZED":  # a failed run is fast: never publish its time
+            raise SystemExit(f"{case}: the whole app did not analyse the study: {whole.message}")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         def timed(name, fn, *a):
