@@ -96,6 +96,16 @@ def test_same_input_gives_same_output_uids(runner, tmp_path):
     assert [d.SOPInstanceUID for d in _outputs(tmp_path / "a")] == [d.SOPInstanceUID for d in _outputs(tmp_path / "b")]
 
 
+def test_a_runner_around_a_loaded_model_gives_the_same_result(runner, tmp_path):
+    # the benchmark's runner (model loaded once, outside the timing) must analyse exactly as the service's does
+    _study(tmp_path / "in", "intraparenchymal")
+    again = StudyRunner.from_bundle(runner.bundle, runner.app_config).run(tmp_path / "in", tmp_path / "b")
+    first = runner.run(tmp_path / "in", tmp_path / "a")
+    assert again.decision is first.decision is not TriageDecision.NOT_ANALYZED
+    assert again.probability == first.probability
+    assert [d.SOPInstanceUID for d in _outputs(tmp_path / "a")] == [d.SOPInstanceUID for d in _outputs(tmp_path / "b")]
+
+
 def test_thin_slices_are_combined_into_slabs(runner, tmp_path):
     write_dicom_series(make_phantom(PhantomSpec(n_slices=40, size=128, slice_thickness=1.25, bleed=None, seed=3)), tmp_path / "in")
     result = runner.run(tmp_path / "in", tmp_path / "out")
