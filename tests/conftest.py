@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,17 @@ def phantom_study(tmp_path: Path) -> PhantomStudyFactory:
         return WrittenSeries(phantom=phantom, paths=paths, folder=target)
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (tiny models; the machine may be busy), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

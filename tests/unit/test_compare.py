@@ -32,7 +32,7 @@ def test_identical_models_tie_and_patients_resample_together() -> None:
     assert result["share_new_better"] == 0.0 and result["unit"] == "patient"
 
 
-def test_cli_scores_both_models_on_the_same_slices(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_scores_both_models_on_the_same_slices(tmp_path, capsys, one_thread) -> None:  # type: ignore[no-untyped-def]
     import csv
     import json
 
@@ -42,7 +42,6 @@ def test_cli_scores_both_models_on_the_same_slices(tmp_path, capsys) -> None:  #
     from monai_app.pipeline.network import ModelConfig, build_model, save_artifact
     from training import evaluate
 
-    torch.set_num_threads(1)
     yy, xx = np.mgrid[:48, :48]
     with open(tmp_path / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)

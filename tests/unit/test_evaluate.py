@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,13 +29,7 @@ SIZE = 64
 HEAD_CENTER = (48, 40)  # (y, x): the head sits left of the picture centre, so a naive resize of the map misses
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the model is tiny and the machine may be busy; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_picture(lesion: tuple[int, int] | None, shape: tuple[int, int] = (96, 128), seed: int = 0) -> np.ndarray:

@@ -6,13 +6,12 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic_slices import head_slice
 
 from training import first_stage
 from training.data import read_labelled_folder, split_by_group
@@ -21,12 +20,7 @@ from training.first_stage import nt_xent
 SIZE, PATIENTS = 48, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nt_xent_known_value() -> None:
@@ -43,20 +37,6 @@ def test_nt_xent_lower_for_matched_pairs() -> None:
     assert float(nt_xent(z1, z2)) < float(nt_xent(z1, shuffled)) - 1.0
 
 
-def head_slice(positive: bool, seed: int) -> np.ndarray:
-    """A head (skull ring, brain ~90) with, for positives, a bright disc (210)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
-    img = np.where(r < 21, 90.0, 0.0)
-    img[(r >= 19) & (r < 21)] = 255
-    if positive:
-        cy, cx = rng.integers(16, 32, 2)
-        img[np.hypot(yy - cy, xx - cx) < rng.integers(4, 7)] = 210
-    img += rng.normal(0, 3, img.shape) * (r < 21)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """24 slices: 12 patients with one bleed and one normal slice each; returns (folder, a split seed with a
@@ -66,7 +46,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     rows = []
     for i in range(2 * PATIENTS):
         name = f"s{i:02d}.png"
-        Image.fromarray(head_slice(i % 2 == 1, seed=i)).save(root / name)
+        Image.fromarray(head_slice(SIZE, i % 2 == 1, seed=i)).save(root / name)
         rows.append({"path": name, "patient_id": f"P{i // 2:02d}", "hemorrhage": i % 2})
     with open(root / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic_slices import head_slice
 
 from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, sha256_of
 from monai_app.pipeline.slice_classifier import SliceClassifier
@@ -32,20 +33,6 @@ from training.data import SliceDataset, read_labelled_folder, split_by_group
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE, BATCH, N_IMAGES, VAL_FRACTION = 64, 4, 16, 0.25
-
-
-def synthetic_slice(positive: bool, seed: int) -> np.ndarray:
-    """A 64 x 64 head (skull ring, brain ~90) with, for positives, a bright blob (200) somewhere inside."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = np.hypot(yy - 32, xx - 32)
-    img = np.where(r < 28, 90.0, 0.0)
-    img[(r >= 25) & (r < 28)] = 255
-    if positive:
-        cy, cx = rng.integers(20, 44, 2)
-        img[np.hypot(yy - cy, xx - cx) < rng.integers(4, 8)] = 200
-    img += rng.normal(0, 3, img.shape) * (r < 28)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +46,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]
     root.mkdir()
     rows = []
     for i in range(N_IMAGES):
-        Image.fromarray(synthetic_slice(i % 2 == 1, seed=i)).save(root / f"s{i:02d}.png")
+        Image.fromarray(head_slice(SIZE, i % 2 == 1, seed=i)).save(root / f"s{i:02d}.png")
         rows.append({"path": f"s{i:02d}.png", "hemorrhage": i % 2, "patient_id": f"P{i:02d}"})
     with open(root / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -37,8 +37,9 @@ def write_folder(root: Path, patients: int = 10, slices: int = 3) -> None:
         w.writerows(rows)
 
 
-def test_report_scores_the_runs_validation_patients(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    torch.set_num_threads(1)
+def test_report_scores_the_runs_validation_patients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
     data = tmp_path / "mini-ct"
     write_folder(data)
     run = tmp_path / "run"
