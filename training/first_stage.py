@@ -148,7 +148,7 @@ def contrastive(trunk: nn.Module, head: nn.Module, args: argparse.Namespace) -> 
 def score(model: nn.Module, val_set: SliceDataset, amp: bool) -> dict:
     """Validation AUC over real slices with its 95% bootstrap CI, and AUC per source."""
     real = real_mask(val_set.samples)
-    scores = predict(model, val_set, CPU, amp)[real]
+    scores = predict(model, val_set, amp)[real]
     samples = [s for s, r in zip(val_set.samples, real, strict=True) if r]
     labels = np.array([s.hemorrhage for s in samples])
     ci = metrics.bootstrap_ci(labels, scores, metrics.roc_auc)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from monai_app.pipeline.network import ModelConfig, build_model, save_artifact
+from monai_app.pipeline.slice_classifier import SliceClassifier
 from training import metrics
 from training.augment import Augmenter
 from training.data import (
@@ -211,22 +212,15 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
     return total / max(1, count)
 
 
-@torch.inference_mode()
-def predict(
-    model, dataset: SliceDataset, device, amp: bool, batch_size: int = 64, tta_flip: bool = False
-) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Probability of 'any' for every slice of ``dataset`` (no augmentation); with ``tta_flip`` the mean with
-    the left-right mirrored slice, as ``SliceClassifier`` serves a model whose config sets ``tta_flip``."""
-    model.eval()
+def predict(  # type: ignore[no-untyped-def]
+    model, dataset: SliceDataset, amp: bool, batch_size: int = 64, tta_flip: bool = False
+) -> np.ndarray:
+    """Probability of 'any' for every slice of ``dataset`` (no augmentation), computed by the serving
+    ``SliceClassifier`` on the model's device (bf16 autocast when ``amp``; with ``tta_flip``, the mean with the
+    mirrored slice)."""
+    classifier = SliceClassifier(model, ModelConfig(tta_flip=tta_flip), batch_size, "bf16" if amp else "fp32")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = []
-    for x, _ in loader:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            probs = torch.sigmoid(model(x).float()[:, 0])
-            if tta_flip:
-                probs = 0.5 * (probs + torch.sigmoid(model(torch.flip(x, dims=(-1,))).float()[:, 0]))
-        out.append(probs.cpu().numpy())
+    out = [classifier(x)[:, 0] for x, _ in loader]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -238,8 +232,8 @@ def real_mask(samples: Sequence[Sample]) -> np.ndarray:
     return np.array([s.source not in SYNTHETIC_SOURCES for s in samples], dtype=bool)
 
 
-def evaluate(model, dataset: SliceDataset, device, amp: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    scores = predict(model, dataset, device, amp)
+def evaluate(model, dataset: SliceDataset, amp: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    scores = predict(model, dataset, amp)
     labels = np.array([s.hemorrhage for s in dataset.samples])
     real = real_mask(dataset.samples)
     result = {"val_auc": metrics.roc_auc(labels[real], scores[real]), "val_n": int(real.sum())}
@@ -273,7 +267,7 @@ def export_best(
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(best["model"])
     real = real_mask(val_set.samples)
-    scores = predict(model, val_set, device, args.amp, tta_flip=config.tta_flip)[real]
+    scores = predict(model, val_set, args.amp, tta_flip=config.tta_flip)[real]
     labels = np.array([s.hemorrhage for s in val_set.samples])[real]
     threshold = metrics.threshold_for_sensitivity(labels, scores, args.target_sensitivity)
     op = metrics.at_threshold(labels, scores, threshold)
@@ -358,7 +352,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         model = torch.nn.parallel.DistributedDataParallel(model)
 
     if args.test_only:
-        result = evaluate(unwrap(model), val_set, device, args.amp)
+        result = evaluate(unwrap(model), val_set, args.amp)
         logger.info("test-only: %s", result)
         return result
 
@@ -409,7 +403,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             checkpoint()
             logger.info("stopped at epoch %d batch %d; resume with --resume auto", epoch, state["batch"])
             break
-        result = evaluate(unwrap(model), val_set, device, args.amp) if rank == 0 else {}
+        result = evaluate(unwrap(model), val_set, args.amp) if rank == 0 else {}
         auc_t = torch.tensor([result.get("val_auc", 0.0)], dtype=torch.float64)
         if world > 1:
             dist.broadcast(auc_t, 0)  # every rank steps its scheduler with rank 0's validation AUC
