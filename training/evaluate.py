@@ -4,7 +4,11 @@
 
 ``DIR/labels.csv`` lists ``path`` (relative to DIR: PNG, JPG or a DICOM slice) and ``hemorrhage`` (1/0; ``any``
 is accepted too), optionally ``patient_id``/``patient`` (confidence intervals then resample patients, since
-slices of one patient are not independent) and ``mask_path`` (lesion masks: the Grad-CAM pointing game).
+slices of one patient are not independent), ``mask_path`` (lesion masks: the Grad-CAM pointing game) and the
+RSNA subtype columns (``epidural``, ``intraparenchymal``, ``intraventricular``, ``subarachnoid``,
+``subdural``; 1/0, empty for unknown). With subtype columns the report gains ``subtypes``: per subtype the AUC
+of the model's own subtype output, and the share of that subtype's slices the ``any`` threshold flags (which
+bleeds triage misses).
 
 The pointing game is reported twice: ``pointing_game``, the share of positive slices whose Grad-CAM maximum
 falls inside the mask, and ``pointing_game_tolerant``, the same within ``--pointing-tolerance`` pixels of the
@@ -45,7 +49,7 @@ from monai_app.pipeline.network import ModelArtifactError, ModelConfig, default_
 from monai_app.pipeline.preprocess import Box, fit_to_input, uncrop_map
 from monai_app.pipeline.slice_classifier import SliceClassifier, pick_device
 from training import metrics
-from training.data import Sample, read_labelled_folder
+from training.data import CLASSES, Sample, read_labelled_folder
 from training.perturb import PERTURBATIONS, perturb
 
 logger = logging.getLogger("training.evaluate")  # not __main__ under python -m
@@ -60,13 +64,16 @@ class EvaluationInputError(ValueError):
 @dataclass(frozen=True)
 class SliceOutcome:
     """One scored slice. ``pointing_distance`` (pixels from the Grad-CAM maximum to the mask, 0 inside, inf for
-    a flat map) is None when the slice is not part of the pointing game."""
+    a flat map) is None when the slice is not part of the pointing game. ``class_labels`` and
+    ``class_scores`` follow the model's ``config.classes`` (labels NaN where unknown)."""
 
     key: str
     group: str
     label: int
     score: float
     pointing_distance: float | None = None
+    class_labels: tuple[float, ...] = ()
+    class_scores: tuple[float, ...] = ()
 
     @property
     def pointing_hit(self) -> bool | None:
@@ -183,16 +190,31 @@ def score_samples(
                 result.skipped.append((sample.key, reason))
         if not loaded:
             continue
-        scores = classifier(torch.stack([item.x for item in loaded]))[:, 0]
+        probs = classifier(torch.stack([item.x for item in loaded]))
         hits = _pointing_game(loaded, explainer, result) if explainer is not None else {}
-        for i, (item, score) in enumerate(zip(loaded, scores, strict=True)):
+        for i, (item, row) in enumerate(zip(loaded, probs, strict=True)):
+            sample = item.sample
             result.outcomes.append(
-                SliceOutcome(item.sample.key, item.sample.group, item.sample.hemorrhage, float(score), hits.get(i))
+                SliceOutcome(
+                    sample.key,
+                    sample.group,
+                    sample.hemorrhage,
+                    float(row[0]),
+                    hits.get(i),
+                    class_labels=_labels_for(sample, config.classes),
+                    class_scores=tuple(float(v) for v in row),
+                )
             )
         done += len(loaded)
         if (start // batch_size) % 20 == 19:
             logger.info("scored %d/%d slices (%.1f/s)", done, len(samples), done / max(1e-6, time.time() - started))
     return result
+
+
+def _labels_for(sample: Sample, classes: Sequence[str]) -> tuple[float, ...]:
+    """The sample's labels in the order of the model's classes; NaN for a class the data does not know."""
+    position = {name: i for i, name in enumerate(CLASSES)}
+    return tuple(float(sample.labels[position[c]]) if c in position else math.nan for c in classes)
 
 
 def _pointing_game(loaded: list[_Loaded], explainer: Explainer, result: Scored) -> dict[int, float]:
@@ -266,6 +288,37 @@ def _operating(name: str, threshold: float) -> Statistic:
     return lambda y, s: float(metrics.at_threshold(y, s, threshold)[name])
 
 
+def subtype_report(
+    scored: Scored, classes: Sequence[str], threshold: float, resamples: int, seed: int
+) -> dict[str, Any]:
+    """Per subtype (every class after ``any``) with known labels of both kinds: ``n``, ``n_positive``, the
+    AUC of the model's subtype output with its 95% interval, and ``any_sensitivity``: the share of the
+    subtype's positive slices whose ``any`` score reaches ``threshold`` (how often triage flags that bleed)."""
+    report: dict[str, Any] = {}
+    if not scored.outcomes or not scored.outcomes[0].class_scores:
+        return report
+    labels = np.array([o.class_labels for o in scored.outcomes], dtype=np.float64)
+    scores = np.array([o.class_scores for o in scored.outcomes], dtype=np.float64)
+    groups = np.asarray(scored.groups, dtype=object)
+    for k, name in enumerate(classes):
+        if k == 0:
+            continue
+        known = ~np.isnan(labels[:, k])
+        y, s = labels[known, k].astype(np.int64), scores[known, k]
+        if not (y.any() and (1 - y).any()):
+            continue
+        flagged = scores[known, 0][y == 1] >= threshold
+        boot = Bootstrap(list(groups[known]), resamples, seed)
+        report[name] = {
+            "n": int(known.sum()),
+            "n_positive": int(y.sum()),
+            "auc": metrics.roc_auc(y, s),
+            "auc_ci95": boot.ci95(y, s, metrics.roc_auc),
+            "any_sensitivity": float(flagged.mean()),
+        }
+    return report
+
+
 def summarize(
     scored: Scored,
     config: ModelConfig,
@@ -314,6 +367,9 @@ def summarize(
             report[f"{key}_ci95"] = pointing_boot.ci95(hit, hit, lambda y, _: float(y.mean()))
         finite = distance[np.isfinite(distance)]
         report["pointing_distance_median_px"] = float(np.median(finite)) if len(finite) else None
+    subtypes = subtype_report(scored, config.classes, threshold, resamples, seed)
+    if subtypes:
+        report["subtypes"] = subtypes
     report["confidence_intervals"] = {
         "method": "percentile bootstrap",
         "level": 0.95,
@@ -512,6 +568,11 @@ def format_summary(report: dict[str, Any]) -> str:
             f"pointing game within {report['pointing_tolerance_px']:g} px {_fmt(report['pointing_game_tolerant'], report['pointing_game_tolerant_ci95'])}"
             f"  (median distance {_fmt(report['pointing_distance_median_px'], digits=1)} px)"
         )
+    for name, sub in report.get("subtypes", {}).items():
+        lines.append(
+            f"  {name:<17} AUC {_fmt(sub['auc'], sub['auc_ci95'])}  flagged by 'any' {_fmt(sub['any_sensitivity'])}"
+            f"  ({sub['n_positive']} of {sub['n']} slices)"
+        )
     lines.append(
         f"95% intervals: {report['confidence_intervals']['method']} over {report['confidence_intervals']['unit']}s"
     )
@@ -571,7 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["path", "label", "score", "pointing_hit", "pointing_distance_px"])
+            subtypes = list(config.classes[1:])
+            writer.writerow(
+                ["path", "label", "score", "pointing_hit", "pointing_distance_px", *(f"score_{c}" for c in subtypes)]
+            )
             for o in scored.outcomes:
                 played = o.pointing_distance is not None
                 writer.writerow(
@@ -581,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         repr(o.score),
                         int(o.pointing_hit) if played else "",
                         repr(o.pointing_distance) if played else "",
+                        *(repr(v) for v in o.class_scores[1:]),
                     ]
                 )
         print(f"scores    {path}")

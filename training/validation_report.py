@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from training import evaluate
-from training.data import split_by_group
+from training.data import SUBTYPES, split_by_group
 from training.perturb import PERTURBATIONS
 from training.train import SYNTHETIC_SOURCES, load_sources
 
@@ -40,15 +40,18 @@ def write_split_folders(run: Path, out: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         spec = next(d for d in args["data"] if d.startswith("png:") and Path(d[4:]).name == source)
         root = (REPO / spec[4:]).resolve() if not Path(spec[4:]).is_absolute() else Path(spec[4:])
-        original = {r["path"]: r for r in csv.DictReader(open(root / "labels.csv", newline=""))}
+        with open(root / "labels.csv", newline="") as fh:
+            reader = csv.DictReader(fh)
+            subtypes = [c for c in SUBTYPES if c in (reader.fieldnames or [])]
+            original = {r["path"]: r for r in reader}
         with open(folder / "labels.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             has_mask = any(original[s.key].get("mask_path") for s in rows)
-            w.writerow(["path", "hemorrhage", "patient_id"] + (["mask_path"] if has_mask else []))
+            w.writerow(["path", "hemorrhage", "patient_id", *subtypes] + (["mask_path"] if has_mask else []))
             for s in rows:
                 row = original[s.key]
                 extra = [str(root / row["mask_path"])] if has_mask else []
-                w.writerow([str(root / s.key), s.hemorrhage, s.group] + extra)
+                w.writerow([str(root / s.key), s.hemorrhage, s.group, *(row[c] for c in subtypes)] + extra)
         folders[source] = folder
     return folders
 
@@ -113,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         cells = [_with_ci(r, key) for key in keys]
         print(f"| {source} | {r['n']} ({pos}) | " + " | ".join(cells) + " |")
     print(f"\nthreshold {rows[0][1]['threshold']:.4f}; reports and plots under {out}")
+    subtyped = [(source, name, sub) for source, r in rows for name, sub in r.get("subtypes", {}).items()]
+    if subtyped:
+        print("\n| subtype | source | slices (pos) | subtype AUC [95% CI] | flagged by the 'any' threshold |")
+        print("|---|---|---|---|---|")
+        for source, name, sub in subtyped:
+            print(
+                f"| {name} | {source} | {sub['n']} ({sub['n_positive']}) | {_with_ci(sub, 'auc')} | {sub['any_sensitivity']:.3f} |"
+            )
     if stressed:
         print("\n| stress test (training.perturb) | source | AUC [95% CI] | sensitivity | specificity |")
         print("|---|---|---|---|---|")

@@ -211,6 +211,76 @@ def test_any_column_without_masks_has_no_pointing_game(tmp_path: Path, artifact:
     assert "pointing_game" not in report
 
 
+def test_subtype_columns_give_per_subtype_auc_and_any_sensitivity(
+    dataset: Path, artifact: Path, tmp_path: Path
+) -> None:
+    # The eight readable slices get RSNA subtype columns: subdural known on every slice (both classes), epidural
+    # unknown (empty) on two slices, subarachnoid never positive (no AUC), intraventricular column absent.
+    with open(dataset / "labels.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["path"].startswith("s")]
+    subdural = {"s1.png": "1", "s5.png": "1"}
+    epidural = {"s3.jpg": "1", "s7.png": "1", "s0.png": "", "s2.png": ""}
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    with open(folder / "labels.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "any", "patient_id", "epidural", "subarachnoid", "subdural"])
+        for r in rows:
+            path = str(dataset / r["path"])
+            writer.writerow(
+                [
+                    path,
+                    r["hemorrhage"],
+                    r["patient_id"],
+                    epidural.get(r["path"], "0"),
+                    "0",
+                    subdural.get(r["path"], "0"),
+                ]
+            )
+    out, scores_csv = tmp_path / "r.json", tmp_path / "s.csv"
+    argv = ["--data", str(folder), "--model", str(artifact), "--out", str(out), "--scores", str(scores_csv)]
+    assert evaluate.main([*argv, "--precision", "fp32", "--bootstrap", "50"]) == 0
+    report = json.loads(out.read_text())
+    _, config = load_artifact(artifact)
+
+    assert set(report["subtypes"]) == {"epidural", "subdural"}
+    with open(scores_csv, newline="") as fh:
+        scored = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    for name, positives, known in (
+        ("subdural", subdural, list(scored)),
+        ("epidural", epidural, ["s1.png", "s3.jpg", "s4.png", "s5.png", "s6.png", "s7.png"]),
+    ):
+        labels = np.array([int(positives.get(k) == "1") for k in known])
+        scores = np.array([float(scored[k][f"score_{name}"]) for k in known])
+        sub = report["subtypes"][name]
+        assert sub["n"] == len(known) and sub["n_positive"] == 2
+        assert sub["auc"] == pytest.approx(metrics.roc_auc(labels, scores), abs=1e-12)
+        flagged = [float(scored[k]["score"]) >= config.threshold for k in known if positives.get(k) == "1"]
+        assert sub["any_sensitivity"] == pytest.approx(np.mean(flagged))
+    # the subtype scores are the model's own subtype outputs, not the 'any' score
+    assert any(scored[k]["score_subdural"] != scored[k]["score"] for k in scored)
+
+
+def test_no_subtype_columns_no_subtype_report(dataset: Path, artifact: Path, tmp_path: Path) -> None:
+    assert (
+        evaluate.main(
+            [
+                "--data",
+                str(dataset),
+                "--model",
+                str(artifact),
+                "--out",
+                str(tmp_path / "r.json"),
+                "--bootstrap",
+                "10",
+                "--no-pointing-game",
+            ]
+        )
+        == 0
+    )
+    assert "subtypes" not in json.loads((tmp_path / "r.json").read_text())
+
+
 class CentrePeakExplainer:
     """A stand-in Grad-CAM whose maximum is the centre of the model input."""
 
