@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,20 +21,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CQ500 = REPO.parent / "shared" / "data" / "cq500-dicom" / "CQ500-CT-0"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cores | torch {torch.__version__} threads {torch.get_num_threads()}"
 
 
 def gemm_gflops(seconds: float = 2.0, n: int = 2048) -> float:
@@ -86,7 +70,9 @@ def run_case(case: str, model_dir: str | None) -> dict:
             from training.phantoms import PhantomSpec, make_phantom, write_dicom_series
 
             study = Path(tmp) / "in"
-            write_dicom_series(make_phantom(PhantomSpec(n_slices=32, size=256, slice_thickness=5.0, bleed="subdural", seed=1)), study)
+            write_dicom_series(
+                make_phantom(PhantomSpec(n_slices=32, size=256, slice_thickness=5.0, bleed="subdural", seed=1)), study
+            )
         else:
             study = CQ500
         t = time.perf_counter()
@@ -116,10 +102,19 @@ def run_case(case: str, model_dir: str | None) -> dict:
         probs = timed("classify", stages.classify, prepared, bundle.classifier)
         result = timed("aggregate", stages.conclude, prepared, probs, bundle.config, app_config)
         images = timed("grad-cam", stages.explain, prepared, result, bundle.explainer, app_config)
-        timed("write SC+SR", stages.write_outputs, selected.series.datasets, result, images, Path(tmp) / "out", prepared)
+        timed(
+            "write SC+SR", stages.write_outputs, selected.series.datasets, result, images, Path(tmp) / "out", prepared
+        )
         n_slices, n_slabs = len(prepared.datasets), len(prepared.members)
-    return {"case": case, "slices": n_slices, "slabs": n_slabs, "timings": timings, "peak_rss_mb": peak_mb, "decision": result.decision.value,
-            "probability": float(np.round(result.probability or 0, 4))}
+    return {
+        "case": case,
+        "slices": n_slices,
+        "slabs": n_slabs,
+        "timings": timings,
+        "peak_rss_mb": peak_mb,
+        "decision": result.decision.value,
+        "probability": float(np.round(result.probability or 0, 4)),
+    }
 
 
 def main() -> int:
@@ -131,14 +126,20 @@ def main() -> int:
         print(json.dumps(run_case(args.case, args.model)))
         return 0
 
-    print(f"machine: {machine()}")
+    from monai_app.machine import describe as describe_machine
+
+    print(f"machine: {describe_machine()}")
     gemm = gemm_gflops()
     print(f"fp32 GEMM (2048^3 torch.mm): {gemm:.1f} GFLOP/s\n")
-    print("| classifier precision | slices/s | ms/slice | GFLOP/slice (incl. TTA passes) | achieved GFLOP/s | share of fp32 GEMM rate |")
+    print(
+        "| classifier precision | slices/s | ms/slice | GFLOP/slice (incl. TTA passes) | achieved GFLOP/s | share of fp32 GEMM rate |"
+    )
     print("|---|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):
         rate, gflop = classifier_rate(args.model, precision)
-        print(f"| {precision} | {rate:.1f} | {1000 / rate:.1f} | {gflop:.2f} | {rate * gflop:.1f} | {rate * gflop / gemm:.0%} |")
+        print(
+            f"| {precision} | {rate:.1f} | {1000 / rate:.1f} | {gflop:.2f} | {rate * gflop:.1f} | {rate * gflop / gemm:.0%} |"
+        )
     cases = ["phantom32"] + (["cq500"] if CQ500.is_dir() else [])
     results = []
     for case in cases:
@@ -151,7 +152,11 @@ def main() -> int:
     if not results:
         return 1
     stage_names = list(results[0]["timings"])
-    print("\n| stage (s) | " + " | ".join(f"{r['case']} ({r['slices']} slices -> {r['slabs']} slabs)" for r in results) + " |")
+    print(
+        "\n| stage (s) | "
+        + " | ".join(f"{r['case']} ({r['slices']} slices -> {r['slabs']} slabs)" for r in results)
+        + " |"
+    )
     print("|---|" + "---|" * len(results))
     for name in stage_names:
         print(f"| {name} | " + " | ".join(f"{r['timings'].get(name, float('nan')):.3f}" for r in results) + " |")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from pydicom import dcmread  # noqa: E402
 
 from dicom_io.result import PLUGIN_MANUFACTURER  # noqa: E402
+from monai_app.machine import cpu_model  # noqa: E402
 from training.phantoms import PhantomSpec, make_phantom, write_dicom_series  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -75,14 +76,7 @@ def wait(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     mem_kb = next(
         int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
     )

@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_app import machine  # noqa: E402
+from monai_app.machine import describe as machine  # noqa: E402
 from monai_app.pipeline.network import ModelConfig, build_model  # noqa: E402
 from monai_app.pipeline.slice_classifier import cpu_has_native_bf16  # noqa: E402
 from training.train import autocast, masked_bce  # noqa: E402

@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai_app.machine import describe as describe_machine
 from monai_app.pipeline.network import ModelConfig, build_model
 from training import metrics
 from training.augment import Augmenter
@@ -200,12 +200,6 @@ def run_variant(variant: str, args: argparse.Namespace, train_samples: list[Samp
     return result
 
 
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
 def table(state: dict) -> str:
     rows = ["| variant | stage 1 | images seen | val AUC [95% CI] | per-source AUCs | minutes |", "|" + "---|" * 6]
     for name, r in state["variants"].items():
@@ -242,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "variants", "threads")}
     path = out / "results.json"
-    fresh: dict[str, Any] = {"settings": settings, "machine": machine(), "variants": {}}
+    fresh: dict[str, Any] = {"settings": settings, "machine": describe_machine(), "variants": {}}
     state = json.loads(path.read_text()) if path.is_file() else fresh
     if state["settings"] != settings:
         raise SystemExit(f"{path} was measured with other settings ({state['settings']}); use another --out")
