@@ -424,7 +424,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                     w.writeheader()
                 w.writerow(row)
             logger.info(
-                "epoch %d done: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                "epoch %d done: %s",
+                epoch,
+                {k: float(f"{v:.4g}") if isinstance(v, float) and k != "time" else v for k, v in row.items()},
             )
             if not math.isnan(auc) and auc > state["best_auc"]:
                 state["best_auc"] = auc
