@@ -30,7 +30,9 @@ def write_folder(root: Path, patients: int = 10, slices: int = 3) -> None:
             name = f"p{p}_s{s}.png"
             Image.fromarray(img).save(root / name)
             Image.fromarray((mask & bleed).astype(np.uint8) * 255).save(root / f"m_{name}")
-            rows.append({"path": name, "hemorrhage": int(bleed), "patient_id": f"P{p}", "mask_path": f"m_{name}"})
+            subdural = str(int(bleed)) if s < 2 else ""  # an RSNA-style subtype column, unknown on some slices
+            row = {"path": name, "hemorrhage": int(bleed), "patient_id": f"P{p}", "subdural": subdural}
+            rows.append({**row, "mask_path": f"m_{name}"})
     with open(root / "labels.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -60,6 +62,10 @@ def test_report_scores_the_runs_validation_patients(
         written = list(csv.DictReader(fh))
     assert sorted(Path(r["path"]).name for r in written) == sorted(s.key for s in expected_val)
     assert {r["patient_id"] for r in written} == {s.group for s in expected_val}
+    with open(data / "labels.csv", newline="") as fh:
+        original = {r["path"]: r["subdural"] for r in csv.DictReader(fh)}
+    assert {Path(r["path"]).name: r["subdural"] for r in written} == {s.key: original[s.key] for s in expected_val}
+    assert "| subdural | mini-ct |" in printed
     assert f"| mini-ct | {len(expected_val)} (" in printed
     assert "| thumbnail | mini-ct |" in printed
     assert (tmp_path / "out" / "mini-ct" / "report-thumbnail.json").is_file()
