@@ -88,6 +88,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--resume", default="", help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pt when present")
     p.add_argument("--checkpoint-steps", type=int, default=50)
     p.add_argument(
+        "--keep-epoch-weights",
+        action="store_true",
+        help="also keep each epoch's weights as OUTPUT_DIR/epochs/epoch_NNN.pt (for training.average)",
+    )
+    p.add_argument(
         "--max-steps", type=int, default=0, help="stop after this many optimizer steps in this run (0: no limit)"
     )
     p.add_argument("--test-only", action="store_true")
@@ -248,6 +253,7 @@ def evaluate(model, dataset: SliceDataset, amp: bool) -> dict[str, float]:  # ty
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, payload: dict) -> None:  # type: ignore[type-arg]
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     with open(tmp, "rb") as fh:
@@ -428,11 +434,12 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                 epoch,
                 {k: float(f"{v:.4g}") if isinstance(v, float) and k != "time" else v for k, v in row.items()},
             )
+            weights = {"model": unwrap(model).state_dict(), "epoch": epoch, "val": result}
+            if getattr(args, "keep_epoch_weights", False):
+                save_checkpoint(out_dir / "epochs" / f"epoch_{epoch:03d}.pt", weights)
             if not math.isnan(auc) and auc > state["best_auc"]:
                 state["best_auc"] = auc
-                save_checkpoint(
-                    out_dir / "best.pt", {"model": unwrap(model).state_dict(), "epoch": epoch, "val": result}
-                )
+                save_checkpoint(out_dir / "best.pt", weights)
         state["epoch"] += 1
         state["batch"] = 0
         checkpoint()

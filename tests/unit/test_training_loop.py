@@ -28,7 +28,7 @@ from synthetic_slices import head_slice
 
 from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, sha256_of
 from monai_app.pipeline.slice_classifier import SliceClassifier
-from training import export, metrics, train
+from training import average, export, metrics, train
 from training.data import SliceDataset, read_labelled_folder, split_by_group
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,3 +296,63 @@ def test_export_with_tta_flip_picks_its_threshold_on_the_served_scores(
     assert config.threshold == pytest.approx(metrics.threshold_for_sensitivity(labels, served, 0.90), abs=2e-3)
     unflipped = SliceClassifier(model, replace(config, tta_flip=False), precision="fp32")(inputs)[:, 0]
     assert not np.allclose(served, unflipped)  # the flip changes the scores, so the check above means something
+
+
+# ---------------------------------------------------------------- weight averaging
+def test_average_state_dicts_means_floats_keeps_counters_refuses_mismatch() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}
+    avg = average.average_state_dicts([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 3
+    with pytest.raises(ValueError, match="different tensors"):
+        average.average_state_dicts([a, {"w": a["w"]}])
+
+
+def test_recompute_batch_norm_measures_the_plain_mean_and_variance() -> None:
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3, momentum=0.1)
+    model = torch.nn.Sequential(conv, norm)
+    norm.running_mean.fill_(5.0)  # stale statistics that must not survive
+    x = torch.rand(8, 1, 10, 10)
+    batches = [(x[:4], torch.zeros(4)), (x[4:], torch.zeros(4))]
+    assert average.recompute_batch_norm(model, batches) == 8
+    with torch.no_grad():
+        feats = conv(x)
+    per_batch = [feats[:4], feats[4:]]  # momentum None: the mean of the per-batch statistics
+    mean = torch.stack([f.mean((0, 2, 3)) for f in per_batch]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in per_batch]).mean(0)
+    torch.testing.assert_close(norm.running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, var, rtol=1e-5, atol=1e-6)
+    assert norm.momentum == 0.1 and not model.training
+
+
+def test_kept_epoch_weights_average_into_an_exportable_run(
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None
+) -> None:
+    data, split_seed, _ = tiny_data
+    run = tmp_path / "run"
+    run_main(data, split_seed, run, "--epochs", "2", "--keep-epoch-weights")
+    kept = sorted((run / "epochs").glob("epoch_*.pt"))
+    assert [p.name for p in kept] == ["epoch_000.pt", "epoch_001.pt"]
+    states = [load_checkpoint(p)["model"] for p in kept]
+    assert not torch.equal(states[0]["conv1.weight"], states[1]["conv1.weight"])
+
+    avg_run = tmp_path / "avg"
+    argv = ["--run", str(run), "--weights", *map(str, kept), "--out", str(avg_run), "--batch-size", "4"]
+    assert average.main(argv) == 0
+    best = load_checkpoint(avg_run / "best.pt")
+    for name, tensor in best["model"].items():
+        if "running" in name or "num_batches" in name:
+            continue
+        torch.testing.assert_close(tensor, (states[0][name] + states[1][name]) / 2, msg=name)
+    assert not torch.equal(
+        best["model"]["bn1.running_mean"], (states[0]["bn1.running_mean"] + states[1]["bn1.running_mean"]) / 2
+    )
+    assert 0.0 <= best["val"]["val_auc"] <= 1.0 and "epoch_000.pt" in best["epoch"]
+
+    assert export.main(["--run", str(avg_run), "--out", str(tmp_path / "model"), "--version", "0.0.2"]) == 0
+    model, config = load_artifact(tmp_path / "model")
+    assert config.metrics["epoch"] == best["epoch"]
+    for name, tensor in model.state_dict().items():
+        expected = best["model"][name]
+        assert torch.equal(tensor, expected.half().float() if expected.is_floating_point() else expected), name
