@@ -27,7 +27,7 @@ import torch
 
 from monai_app.pipeline.network import ModelConfig, build_model
 from training.data import SliceDataset, split_by_group
-from training.train import SYNTHETIC_SOURCES, autocast, evaluate, load_sources, save_checkpoint
+from training.train import autocast, evaluate, load_sources, save_checkpoint
 
 logger = logging.getLogger("training.average")
 
@@ -98,8 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("batch-norm statistics measured on %d training slices", seen)
 
     result = evaluate(model, SliceDataset(val, config.input_size, config.in_channels), run_args["amp"])
-    real = [s for s in val if s.source not in SYNTHETIC_SOURCES]
-    logger.info("averaged %d weight files: validation %s (%d real slices)", len(files), result, len(real))
+    logger.info("averaged %d weight files: validation %s", len(files), result)
     out.mkdir(parents=True, exist_ok=True)
     source = f"average of {', '.join(f.name for f in files)} (run {run})"
     save_checkpoint(out / "best.pt", {"model": model.state_dict(), "epoch": source, "val": result})

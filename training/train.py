@@ -435,7 +435,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                 {k: float(f"{v:.4g}") if isinstance(v, float) and k != "time" else v for k, v in row.items()},
             )
             weights = {"model": unwrap(model).state_dict(), "epoch": epoch, "val": result}
-            if getattr(args, "keep_epoch_weights", False):
+            if args.keep_epoch_weights:
                 save_checkpoint(out_dir / "epochs" / f"epoch_{epoch:03d}.pt", weights)
             if not math.isnan(auc) and auc > state["best_auc"]:
                 state["best_auc"] = auc

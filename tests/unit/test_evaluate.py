@@ -209,6 +209,7 @@ def test_any_column_without_masks_has_no_pointing_game(tmp_path: Path, artifact:
     report = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and report["n"] == 8 and report["n_positive"] == 4
     assert "pointing_game" not in report
+    assert "subtypes" not in report  # no subtype columns, no subtype report
 
 
 def test_subtype_columns_give_per_subtype_auc_and_any_sensitivity(
@@ -259,26 +260,6 @@ def test_subtype_columns_give_per_subtype_auc_and_any_sensitivity(
         assert sub["any_sensitivity"] == pytest.approx(np.mean(flagged))
     # the subtype scores are the model's own subtype outputs, not the 'any' score
     assert any(scored[k]["score_subdural"] != scored[k]["score"] for k in scored)
-
-
-def test_no_subtype_columns_no_subtype_report(dataset: Path, artifact: Path, tmp_path: Path) -> None:
-    assert (
-        evaluate.main(
-            [
-                "--data",
-                str(dataset),
-                "--model",
-                str(artifact),
-                "--out",
-                str(tmp_path / "r.json"),
-                "--bootstrap",
-                "10",
-                "--no-pointing-game",
-            ]
-        )
-        == 0
-    )
-    assert "subtypes" not in json.loads((tmp_path / "r.json").read_text())
 
 
 class CentrePeakExplainer:
