@@ -65,6 +65,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument(
+        "--schedule",
+        choices=("plateau", "cosine"),
+        default="plateau",
+        help="plateau: ReduceLROnPlateau on validation AUC (x0.3, patience 2); cosine: per-step cosine decay "
+        "from --lr to --min-lr over --epochs (no dependence on a noisy validation metric)",
+    )
+    p.add_argument("--min-lr", type=float, default=1e-6, help="the cosine schedule's final rate")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument(
         "--pos-weight",
@@ -83,7 +91,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         default="",
-        help="start from these model weights (a checkpoint's 'model'), fresh optimizer: a second stage",
+        help="start from these model weights, fresh optimizer (a second stage): a training checkpoint "
+        "('model'), a bare state_dict, or a model artifact folder such as monai_app/models/ich-resnet50",
     )
     p.add_argument("--resume", default="", help="checkpoint path, or 'auto' for OUTPUT_DIR/checkpoint.pt when present")
     p.add_argument("--checkpoint-steps", type=int, default=50)
@@ -178,7 +187,8 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_step) -> float:  # type: ignore[no-untyped-def]
+def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_step, step_scheduler=None) -> float:  # type: ignore[no-untyped-def]
+    """One pass over ``loader``; ``step_scheduler`` (if given) steps after every optimizer step."""
     model.train()
     total, count = 0.0, 0
     start = time.time()
@@ -201,6 +211,8 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         state["step"] += 1
         state["batch"] += 1
         state["global_step"] += 1
@@ -248,6 +260,29 @@ def evaluate(model, dataset: SliceDataset, amp: bool) -> dict[str, float]:  # ty
         sel = np.array([s.source == source for s in dataset.samples])
         result[f"val_auc_{source}"] = metrics.roc_auc(labels[sel], scores[sel])
     return result
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+    """ReduceLROnPlateau (stepped per epoch with the validation AUC) or a per-step cosine decay."""
+    if args.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=2)
+    total = max(1, args.epochs * steps_per_epoch)
+    floor = min(1.0, args.min_lr / args.lr)
+
+    def factor(step: int) -> float:
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def initial_weights(path: str) -> dict[str, torch.Tensor]:
+    """The state_dict of ``--init``: a training checkpoint, a bare state_dict, or an artifact folder (fp16)."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        source = source / "model.pt"
+    loaded = torch.load(source, map_location="cpu", weights_only=True)
+    state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -336,14 +371,16 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=2)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / args.batch_size)
+    scheduler = make_scheduler(optimizer, args, steps_per_epoch)
+    step_scheduler = scheduler if args.schedule == "cosine" else None
     state = {"epoch": 0, "batch": 0, "step": 0, "global_step": 0, "best_auc": -1.0}
 
     resume = args.resume
     if resume == "auto":
         resume = str(out_dir / "checkpoint.pt") if (out_dir / "checkpoint.pt").is_file() else ""
     if args.init and not resume:
-        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
+        model.load_state_dict(initial_weights(args.init))
         logger.info("initialised from %s", args.init)
     if resume:
         ckpt = torch.load(resume, map_location="cpu", weights_only=True)
@@ -404,7 +441,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     while state["epoch"] < args.epochs:
         epoch = state["epoch"]
         sampler.set_epoch(epoch, state["batch"])
-        train_loss = train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_step)
+        train_loss = train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_step, step_scheduler)
         if state["batch"] < sampler.batches_per_epoch():  # interrupted mid-epoch
             checkpoint()
             logger.info("stopped at epoch %d batch %d; resume with --resume auto", epoch, state["batch"])
@@ -414,7 +451,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         if world > 1:
             dist.broadcast(auc_t, 0)  # every rank steps its scheduler with rank 0's validation AUC
         auc = float(auc_t)
-        scheduler.step(auc if not math.isnan(auc) else 0.0)
+        if step_scheduler is None:
+            scheduler.step(auc if not math.isnan(auc) else 0.0)
         if rank == 0:
             row = {
                 "epoch": epoch,

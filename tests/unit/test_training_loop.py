@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from synthetic_slices import head_slice
 
-from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, sha256_of
+from monai_app.pipeline.network import CLASSES, ModelConfig, build_model, load_artifact, save_artifact, sha256_of
 from monai_app.pipeline.slice_classifier import SliceClassifier
 from training import average, export, metrics, train
 from training.data import SliceDataset, read_labelled_folder, split_by_group
@@ -149,23 +149,62 @@ def test_sampler_shards_and_resumes_at_the_batch() -> None:
     assert other_epoch.indices() != shards[1]
 
 
+def test_cosine_schedule_decays_per_step_from_lr_to_min_lr() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1e-3)
+    args = argparse.Namespace(schedule="cosine", lr=1e-3, min_lr=1e-5, epochs=2)
+    scheduler = train.make_scheduler(optimizer, args, steps_per_epoch=5)
+    rates = []
+    for _ in range(12):  # two steps past the end: the rate stays at the floor
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[5] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # halfway through the 10 steps
+    assert rates[10] == rates[11] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates[:10], rates[1:11], strict=True))  # strictly decreasing until the end
+    plateau = train.make_scheduler(optimizer, argparse.Namespace(schedule="plateau", lr=1e-3), 5)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_init_reads_a_checkpoint_a_state_dict_or_an_artifact_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(input_size=SIZE))
+    reference = model.state_dict()
+    save_artifact(model, ModelConfig(input_size=SIZE), tmp_path / "artifact")  # stored fp16
+    torch.save({"model": reference, "epoch": 3}, tmp_path / "checkpoint.pt")
+    torch.save(reference, tmp_path / "bare.pt")
+    from_artifact = train.initial_weights(str(tmp_path / "artifact"))
+    for source in ("checkpoint.pt", "bare.pt"):
+        loaded = train.initial_weights(str(tmp_path / source))
+        for name, tensor in reference.items():
+            assert torch.equal(loaded[name], tensor), (source, name)
+    for name, tensor in reference.items():
+        expected = tensor.half().float() if tensor.is_floating_point() else tensor
+        assert torch.equal(from_artifact[name], expected), name
+        assert from_artifact[name].dtype == tensor.dtype  # fp16 on disk, fp32 to train
+    build_model(ModelConfig(input_size=SIZE)).load_state_dict(from_artifact)  # strict: every key matches
+
+
 # ---------------------------------------------------------------- resume and export
 @pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
 def test_resume_continues_at_the_exact_step_and_export_loads(
-    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None, schedule: str
 ) -> None:
     data, split_seed, n_train = tiny_data
+    sched = ("--schedule", schedule, "--epochs", "1")
     batches = math.ceil(n_train / BATCH)
     out, reference, export = tmp_path / "run", tmp_path / "reference", tmp_path / "export"
 
     # interrupted after two optimizer steps, mid-epoch
-    assert run_main(data, split_seed, out, "--epochs", "1", "--max-steps", "2", "--checkpoint-steps", "1") == {}
+    assert run_main(data, split_seed, out, *sched, "--max-steps", "2", "--checkpoint-steps", "1") == {}
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert (ckpt["state"]["epoch"], ckpt["state"]["batch"], ckpt["state"]["global_step"]) == (0, 2, 2)
     assert not (out / "metrics.csv").exists() and not (out / "best.pt").exists()
 
     # resumed: finishes the epoch from batch 2, validates, exports
-    result = run_main(data, split_seed, out, "--epochs", "1", "--resume", "auto", "--export", str(export))
+    result = run_main(data, split_seed, out, *sched, "--resume", "auto", "--export", str(export))
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert (ckpt["state"]["epoch"], ckpt["state"]["batch"], ckpt["state"]["global_step"]) == (1, 0, batches)
     assert 0.0 <= result["val_auc"] <= 1.0
@@ -173,8 +212,10 @@ def test_resume_continues_at_the_exact_step_and_export_loads(
         assert [row["epoch"] for row in csv.DictReader(fh)] == ["0"]
 
     # the same as never having been interrupted, to the bit
-    run_main(data, split_seed, reference, "--epochs", "1")
+    run_main(data, split_seed, reference, *sched)
     uninterrupted = load_checkpoint(reference / "checkpoint.pt")
+    if schedule == "cosine":  # the decayed rate continued from the step, not from the start
+        assert ckpt["optimizer"]["param_groups"][0]["lr"] == uninterrupted["optimizer"]["param_groups"][0]["lr"] < 3e-4
     assert uninterrupted["state"]["global_step"] == batches
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(tensor, ckpt["model"][name]), name
