@@ -88,6 +88,25 @@ def thumbnail(gray: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return _encode(Image.fromarray(gray).resize((side, side), Image.Resampling.LANCZOS), "JPEG", quality=70)
 
 
+def figure(gray: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A published figure: the slice on a white page with a margin, a caption below, a panel letter and a
+    coloured arrow on the image, saved as an RGB JPEG (a journal or teaching-site picture)."""
+    side = int(rng.integers(280, 421))
+    margin, caption = int(rng.integers(12, 49)), int(rng.integers(30, 71))
+    page = Image.new("RGB", (side + 2 * margin, side + 2 * margin + caption), (255, 255, 255))
+    page.paste(Image.fromarray(gray).resize((side, side), Image.Resampling.BICUBIC).convert("RGB"), (margin, margin))
+    draw = ImageDraw.Draw(page)
+    draw.text((margin + 6, margin + 6), "ABCD"[int(rng.integers(0, 4))], fill=(255, 255, 255))
+    for i, line in enumerate(("Figure 2. Non-contrast axial CT of the head", "at the level of the lateral ventricles.")):
+        draw.text((margin, side + margin + 8 + 14 * i), line, fill=(0, 0, 0))
+    tip = (margin + int(rng.uniform(0.3, 0.7) * side), margin + int(rng.uniform(0.3, 0.7) * side))
+    tail = (tip[0] + int(rng.integers(25, 50)), tip[1] - int(rng.integers(25, 50)))
+    colour = ((255, 255, 0), (255, 0, 0), (255, 255, 255))[int(rng.integers(0, 3))]
+    draw.line((*tail, *tip), fill=colour, width=3)
+    draw.polygon([tip, (tip[0] + 12, tip[1] - 3), (tip[0] + 3, tip[1] - 12)], fill=colour)
+    return _encode(page, "JPEG", quality=int(rng.integers(60, 91)))
+
+
 def internet(gray: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """Several at once: another window, then a screenshot or a tight crop, then JPEG."""
     img = np.asarray(other_window(gray, rng))
@@ -101,6 +120,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "tight-crop": tight_crop,
     "other-window": other_window,
     "thumbnail": thumbnail,
+    "figure": figure,
     "internet": internet,
 }
 

@@ -4,9 +4,12 @@ One definition for serving and training. Steps, in order:
 
 1. ``to_gray_uint8``: any picture (grayscale, RGB, RGBA, 16-bit, any size) to one 8-bit channel; the
    student app's "accept any image", with alpha composited over black (the background of a CT display).
-2. ``head_box``: the bounding box of the largest bright object (the head), so crops, borders and
+2. ``page_mask``: a light page around the slice (a figure from a journal or a web page) becomes air, as
+   the black surround of a CT display: the network never saw a white frame, and the head search would take
+   the page for the head.
+3. ``head_box``: the bounding box of the largest bright object (the head), so crops, borders and
    burned-in text of other sources do not change the scale the network sees.
-3. ``fit_to_input``: crop to that box with a margin, pad to a square, resize to the input size.
+4. ``fit_to_input``: crop to that box with a margin, pad to a square, resize to the input size.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch.nn.functional as F
 _HEAD_THRESHOLD = 8  # 8-bit level; brain-window air is 0, soft tissue and bone are far above
 _BOX_GRID = 128  # the head search runs on a coarse grid: fast and blind to thin text strokes
 _MARGIN = 0.06
+_PAGE_LEVEL = 200  # 8-bit level from which a pixel may belong to a light page
+_PAGE_SIDE_SHARE = 0.8  # a page runs along this share of a side of the picture, on three sides or four
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,28 @@ def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
     return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def page_mask(gray: np.ndarray) -> np.ndarray | None:
+    """The light page around a picture (a figure on a journal or web page) as a bool (Y, X) mask, or None.
+
+    The page is one connected light region (level >= 200) that runs along at least three of the picture's
+    four sides (80% of each): a frame around the content. A CT slice has air at its sides; where a tight
+    crop cuts the skull, the bone meets the sides in arcs, mostly near the corners, so slices of any field of
+    view have no page.
+    """
+    if gray.ndim != 2 or min(gray.shape) < 3:
+        return None
+    light = gray >= _PAGE_LEVEL
+    sides = (light[0], light[-1], light[:, 0], light[:, -1])
+    if sum(side.mean() >= _PAGE_SIDE_SHARE for side in sides) < 3:  # the common case, decided without labelling
+        return None
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(light.astype(np.uint8))))
+    sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    page = int(np.bincount(np.concatenate(sides)[np.concatenate(sides) > 0]).argmax())
+    if sum((side == page).mean() >= _PAGE_SIDE_SHARE for side in sides) < 3:
+        return None
+    return labels == page
 
 
 def head_box(gray: np.ndarray) -> Box:
@@ -117,11 +144,16 @@ def resize(channels: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
 def fit_to_input(channels_uint8: np.ndarray, size: int, crop_to_head: bool = True) -> tuple[torch.Tensor, Box]:
     """Windowed 8-bit channels (C, Y, X) to the model input (C, size, size) float32 in [0, 1].
 
-    The head box is found on channel 0 (the brain window). Returns the box so heatmaps can be mapped back.
+    A light page around the picture (channel 0) becomes air in every channel, then the head box is found on
+    channel 0 (the brain window). Returns the box so heatmaps can be mapped back.
     """
     if channels_uint8.ndim != 3 or channels_uint8.dtype != np.uint8:
         raise ValueError(f"expected uint8 (C, Y, X), got {channels_uint8.dtype} {channels_uint8.shape}")
     _, height, width = channels_uint8.shape
+    page = page_mask(channels_uint8[0])
+    if page is not None:
+        channels_uint8 = channels_uint8.copy()
+        channels_uint8[:, page] = 0
     box = head_box(channels_uint8[0]) if crop_to_head else Box(0, height, 0, width)
     square = crop_square(channels_uint8, box)
     return resize(square.astype(np.float32) / np.float32(255.0), size), box

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_app.pipeline.preprocess import fit_to_input
+from monai_app.pipeline.preprocess import fit_to_input, page_mask
 from training.perturb import PERTURBATIONS, other_window, perturb
 
 
@@ -42,6 +42,18 @@ def test_screenshot_is_undone_by_the_head_crop() -> None:
     x1, _ = fit_to_input(perturb(gray, "screenshot", "s")[None], 64)
     corr = np.corrcoef(x0.numpy().ravel(), x1.numpy().ravel())[0, 1]
     assert corr > 0.9, corr
+
+
+def test_figure_on_a_white_page_is_undone_by_the_page_mask_and_the_head_crop() -> None:
+    gray = head()
+    picture = perturb(gray, "figure", "f")
+    page = page_mask(picture)
+    assert page is not None and page[:3].all() and page[-3:].all()  # the page runs along the sides
+    assert not page[picture < 100].any()  # nothing dark (the slice's air and brain, the caption) is page
+    x0, _ = fit_to_input(gray[None], 64)
+    x1, _ = fit_to_input(picture[None], 64)
+    corr = np.corrcoef(x0.numpy().ravel(), x1.numpy().ravel())[0, 1]
+    assert corr > 0.85, corr  # the arrow, the panel letter and JPEG remain
 
 
 def test_other_window_keeps_what_the_picture_clipped() -> None:

@@ -3,7 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_app.pipeline.preprocess import Box, fit_to_input, head_box, picture_to_input, to_gray_uint8, uncrop_map
+from monai_app.pipeline.preprocess import (
+    Box,
+    fit_to_input,
+    head_box,
+    page_mask,
+    picture_to_input,
+    to_gray_uint8,
+    uncrop_map,
+)
 
 
 def _head(size=256, radius=80, cx=128, cy=128):
@@ -34,6 +42,41 @@ def test_head_box_ignores_border_and_text():
     box = head_box(img)
     assert box.y0 <= 80 and box.y1 >= 200 and box.x0 <= 40 and box.x1 >= 160
     assert box.x1 < 200  # the text is not part of the head
+
+
+def _skull_head(size=256, radius=100):
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    img = np.zeros((size, size), dtype=np.uint8)
+    img[r < radius] = 255  # skull (saturated in the brain window)
+    img[r < 0.9 * radius] = 100  # brain
+    return img
+
+
+def test_a_white_page_around_the_slice_becomes_air():
+    slice_ = _skull_head()
+    page = np.full((360, 330), 250, dtype=np.uint8)  # a figure: margin, caption below
+    page[20:276, 37:293] = slice_
+    page[300:308, 40:200] = 10  # caption text
+    mask = page_mask(page)
+    assert mask is not None
+    assert mask[0].all() and mask[-1].all() and not mask[20:276, 37:293].any()  # the page, not the slice or skull
+    x_page, _ = fit_to_input(page[None], 64)
+    x_slice, _ = fit_to_input(slice_[None], 64)
+    corr = np.corrcoef(x_page.numpy().ravel(), x_slice.numpy().ravel())[0, 1]
+    assert corr > 0.9, corr  # the bare slice's input (without the mask the page would be the "head": about 0)
+    rgb = np.repeat(page[..., None], 3, axis=-1)
+    np.testing.assert_allclose(picture_to_input(rgb, 64)[0].numpy(), x_page.numpy())
+
+
+def test_a_tight_crop_through_the_skull_is_no_page():
+    head = _skull_head()
+    for keep in (0.7, 0.8, 0.9):  # the skull meets the sides in arcs, as in real zoomed-in pictures
+        half = int(100 * keep)
+        crop = head[128 - half : 128 + half, 128 - half : 128 + half]
+        assert page_mask(crop) is None, keep
+    assert page_mask(_head()) is None  # air around the head
+    assert page_mask(np.zeros((2, 2), np.uint8)) is None
 
 
 def test_same_head_other_field_of_view_gives_similar_input():
