@@ -371,8 +371,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / args.batch_size)
-    scheduler = make_scheduler(optimizer, args, steps_per_epoch)
+    sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size)
+    scheduler = make_scheduler(optimizer, args, sampler.batches_per_epoch())
     step_scheduler = scheduler if args.schedule == "cosine" else None
     state = {"epoch": 0, "batch": 0, "step": 0, "global_step": 0, "best_auc": -1.0}
 
@@ -399,7 +399,6 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         logger.info("test-only: %s", result)
         return result
 
-    sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size)
     loader = torch.utils.data.DataLoader(
         train_set,
         batch_size=args.batch_size,

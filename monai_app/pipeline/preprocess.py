@@ -86,7 +86,8 @@ def page_mask(gray: np.ndarray) -> np.ndarray | None:
         return None
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(light.astype(np.uint8))))
     sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
-    page = int(np.bincount(np.concatenate(sides)[np.concatenate(sides) > 0]).argmax())
+    on_sides = np.concatenate(sides)
+    page = int(np.bincount(on_sides[on_sides > 0]).argmax())
     if sum((side == page).mean() >= _PAGE_SIDE_SHARE for side in sides) < 3:
         return None
     return labels == page
