@@ -35,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +360,7 @@ def summarize(
         distance = np.array([o.pointing_distance for o in played], dtype=np.float64)
         pointing_boot = Bootstrap([o.group for o in played], resamples, seed)
         report["pointing_game_n"] = len(played)
+        report["gradcam_layer"] = config.gradcam_layer
         report["pointing_tolerance_px"] = float(pointing_tolerance)
         for key, tolerance in (("pointing_game", 0.0), ("pointing_game_tolerant", pointing_tolerance)):
             hit = (distance <= tolerance).astype(np.float64)
@@ -501,6 +502,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pointing-game", action="store_true", help="skip Grad-CAM even when masks are given")
     p.add_argument(
+        "--gradcam-layer",
+        default=None,
+        help="play the pointing game with Grad-CAM on this layer instead of the model's (e.g. layer3): to choose it",
+    )
+    p.add_argument(
         "--perturb",
         choices=sorted(PERTURBATIONS),
         default=None,
@@ -589,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         samples, has_masks = read_labels(data)
         model, config = load_model(args.model, pick_device(args.device))
+        if args.gradcam_layer:
+            config = replace(config, gradcam_layer=args.gradcam_layer)
         classifier = SliceClassifier(model, config, batch_size=args.batch_size, precision=args.precision)
         play = has_masks and not args.no_pointing_game and not args.perturb
         explainer = Explainer(model, config) if play else None

@@ -522,3 +522,25 @@ def test_perturbed_evaluation_scores_the_changed_slices(dataset: Path, artifact:
         x, _ = fit_to_input(np.repeat(gray[None], config.in_channels, axis=0), config.input_size, config.crop_to_head)
         expected.append(x)
     assert np.allclose(scores, SliceClassifier(model, config, precision="fp32")(torch.stack(expected))[:, 0], atol=1e-5)
+
+
+def test_gradcam_layer_option_explains_with_that_layer(
+    dataset: Path, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used: list[str] = []
+    real = evaluate.Explainer
+
+    def recording(model: torch.nn.Module, config: ModelConfig) -> Explainer:
+        used.append(config.gradcam_layer)
+        return real(model, config)
+
+    monkeypatch.setattr(evaluate, "Explainer", recording)
+    out = tmp_path / "r.json"
+    argv = ["--data", str(dataset), "--model", str(artifact), "--bootstrap", "20", "--precision", "fp32"]
+    assert evaluate.main([*argv, "--out", str(out), "--gradcam-layer", "layer3"]) == 0
+    report = json.loads(out.read_text())
+    assert used == ["layer3"] and report["gradcam_layer"] == "layer3" and report["pointing_game_n"] == 4
+    assert report["model"]["sha256"] == hashlib.sha256((artifact / "model.pt").read_bytes()).hexdigest()
+
+    assert evaluate.main([*argv, "--gradcam-layer", "layer9"]) == 2
+    assert "layer9" in capsys.readouterr().err
