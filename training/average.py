@@ -7,7 +7,9 @@
 Epochs late in a run, at a low learning rate, sit around one minimum; their mean often generalises better than any
 one of them. Batch-norm statistics of averaged weights are not the average of the statistics, so they are measured
 again: forward passes in training mode over the run's own training slices (no augmentation, no gradients). The
-averaged model is then scored on the run's validation split like an epoch of training.
+averaged model is then scored on the run's validation split like an epoch of training. A released model folder
+(``monai_app/models/ich-resnet50``) counts as a weight file: a run fine-tuned from it (``--init``) can be averaged with
+its parent.
 
 ``--out`` becomes a run folder that ``training.export``, ``training.validation_report`` and ``training.compare``
 accept: ``best.pt`` (the averaged weights, their validation metrics, where they came from) and ``checkpoint.pt``
@@ -27,7 +29,7 @@ import torch
 
 from monai_app.pipeline.network import ModelConfig, build_model
 from training.data import SliceDataset, split_by_group
-from training.train import autocast, evaluate, load_sources, save_checkpoint
+from training.train import autocast, evaluate, initial_weights, load_sources, save_checkpoint
 
 logger = logging.getLogger("training.average")
 
@@ -74,7 +76,12 @@ def recompute_batch_norm(model: torch.nn.Module, inputs: torch.utils.data.DataLo
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the training run the weights come from (its checkpoint.pt)")
-    p.add_argument("--weights", nargs="+", required=True, help="weight files (training --keep-epoch-weights, best.pt)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        required=True,
+        help="weight files (training --keep-epoch-weights, best.pt) or model artifact folders (a released model)",
+    )
     p.add_argument("--out", required=True, help="a new run folder for the averaged model")
     p.add_argument("--bn-samples", type=int, default=4096, help="training slices for the batch-norm statistics")
     p.add_argument("--batch-size", type=int, default=32)
@@ -84,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run, out = Path(args.run).expanduser(), Path(args.out).expanduser()
     run_args = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["args"]
     files = [Path(w).expanduser() for w in args.weights]
-    state = average_state_dicts([torch.load(f, map_location="cpu", weights_only=True)["model"] for f in files])
+    state = average_state_dicts([initial_weights(str(f)) for f in files])
     config = ModelConfig(input_size=run_args["input_size"])
     model = build_model(config).to(memory_format=torch.channels_last)
     model.load_state_dict(state)

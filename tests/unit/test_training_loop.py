@@ -397,3 +397,10 @@ def test_kept_epoch_weights_average_into_an_exportable_run(
     for name, tensor in model.state_dict().items():
         expected = best["model"][name]
         assert torch.equal(tensor, expected.half().float() if expected.is_floating_point() else expected), name
+
+    # a released artifact (fp16 model.pt in a folder) averages like a weight file: a new cycle with its parent
+    argv = ["--run", str(run), "--weights", str(tmp_path / "model"), str(kept[0]), "--out", str(tmp_path / "avg2")]
+    assert average.main([*argv, "--batch-size", "4"]) == 0
+    mixed = load_checkpoint(tmp_path / "avg2" / "best.pt")["model"]["conv1.weight"]
+    released = best["model"]["conv1.weight"].half().float()
+    torch.testing.assert_close(mixed, (released + states[0]["conv1.weight"]) / 2)
