@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from monai_app.picture_io import UnreadablePictureError
-from monai_app.pipeline.gradcam import Explainer
+from monai_app.pipeline.gradcam import Explainer, check_target_layer
 from monai_app.pipeline.network import ModelArtifactError, ModelConfig, default_model_dir, load_artifact
 from monai_app.pipeline.preprocess import Box, fit_to_input, uncrop_map
 from monai_app.pipeline.slice_classifier import SliceClassifier, pick_device
@@ -595,7 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         samples, has_masks = read_labels(data)
         model, config = load_model(args.model, pick_device(args.device))
-        if args.gradcam_layer:
+        if args.gradcam_layer:  # checked here too: without masks no Explainer is built to refuse a wrong name
+            check_target_layer(model, args.gradcam_layer)
             config = replace(config, gradcam_layer=args.gradcam_layer)
         classifier = SliceClassifier(model, config, batch_size=args.batch_size, precision=args.precision)
         play = has_masks and not args.no_pointing_game and not args.perturb

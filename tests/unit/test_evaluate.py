@@ -544,3 +544,7 @@ def test_gradcam_layer_option_explains_with_that_layer(
 
     assert evaluate.main([*argv, "--gradcam-layer", "layer9"]) == 2
     assert "layer9" in capsys.readouterr().err
+    write_dataset(tmp_path / "no-masks")  # no pointing game to play: the wrong name is still refused
+    plain = ["--data", str(tmp_path / "no-masks"), "--model", str(artifact), "--bootstrap", "20"]
+    assert evaluate.main([*plain, "--gradcam-layer", "layer9"]) == 2
+    assert "layer9" in capsys.readouterr().err
