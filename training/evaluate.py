@@ -21,6 +21,12 @@ size or mode, or a DICOM slice windowed from HU, to the 8-bit brain window), :fu
 square, resize; the picture repeated over the model's channels as in training) and :class:`SliceClassifier`.
 Scores are compared with the model's own operating threshold (``config.threshold``), never 0.5.
 
+Calibration (are the scores the SC and SR show as probabilities the observed rates?): ``ece``, the expected
+calibration error over ten equal-width score bins (the bins of the calibration plot), with
+``ece_calibrated_p95``, the ECE a perfectly calibrated model stays under by chance on these scores (95% of
+label draws from the scores themselves), and ``brier``, the mean squared error of the scores, with a bootstrap
+interval. Both are tied to this data's prevalence.
+
 Files that cannot be read are reported and skipped (counted in ``skipped``), never fatal. Exit codes: 0 done,
 2 the model or the labels cannot be used, or no slice could be read.
 """
@@ -355,6 +361,11 @@ def summarize(
     report["auc_ci95"] = boot.ci95(labels, scores, metrics.roc_auc)
     for name in ("accuracy", "sensitivity", "specificity"):
         report[f"{name}_ci95"] = boot.ci95(labels, scores, _operating(name, threshold))
+    # are the scores shown as probabilities in the SC and SR the observed rates? (on this data's prevalence)
+    report["ece"] = metrics.expected_calibration_error(labels, scores)
+    report["ece_calibrated_p95"] = metrics.calibrated_ece_p95(scores, seed=seed) if resamples > 0 else None
+    report["brier"] = metrics.brier_score(labels, scores)
+    report["brier_ci95"] = boot.ci95(labels, scores, metrics.brier_score)
     played = [o for o in scored.outcomes if o.pointing_distance is not None]
     if pointing_game or (pointing_game is None and played):
         distance = np.array([o.pointing_distance for o in played], dtype=np.float64)
@@ -452,7 +463,7 @@ def write_plots(labels: np.ndarray, scores: np.ndarray, threshold: float, folder
     mean_p, frac, count = metrics.calibration_bins(labels, scores)
     used = count > 0
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    ax.plot(mean_p[used], frac[used], "o-", label="model")
+    ax.plot(mean_p[used], frac[used], "o-", label=f"model (ECE {metrics.expected_calibration_error(labels, scores):.3f})")
     for p, f, c in zip(mean_p[used], frac[used], count[used], strict=True):
         ax.annotate(str(int(c)), (p, f), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set(
@@ -565,6 +576,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"sensitivity {_fmt(report['sensitivity'], report['sensitivity_ci95'])}  ({report['tp']} of {report['tp'] + report['fn']})",
         f"specificity {_fmt(report['specificity'], report['specificity_ci95'])}  ({report['tn']} of {report['tn'] + report['fp']})",
         f"accuracy  {_fmt(report['accuracy'], report['accuracy_ci95'])}",
+        f"calibration ECE {_fmt(report['ece'])} (a calibrated model: up to {_fmt(report['ece_calibrated_p95'])} by chance)"
+        f"  Brier {_fmt(report['brier'], report['brier_ci95'])}"
+        f"  (prevalence {_fmt(report['n_positive'] / report['n'] if report['n'] else None)})",
     ]
     if "pointing_game" in report:
         lines.append(

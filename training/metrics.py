@@ -1,4 +1,4 @@
-"""Binary classification metrics without scikit-learn: ROC AUC, operating-point metrics, bootstrap CIs."""
+"""Binary classification metrics without scikit-learn: ROC AUC, operating-point metrics, calibration, bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -113,3 +113,32 @@ def calibration_bins(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> 
         if count[b]:
             mean_p[b], frac[b] = np.mean(np.asarray(scores)[sel]), np.mean(np.asarray(labels)[sel])
     return mean_p, frac, count
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the count-weighted mean |observed positive rate - mean score| over the
+    equal-width bins of :func:`calibration_bins` (0 = the scores are the observed rates); NaN when empty."""
+    if len(scores) == 0:
+        return float("nan")
+    mean_p, frac, count = calibration_bins(labels, scores, bins)
+    return float(np.sum(count * np.abs(frac - mean_p)) / count.sum())
+
+
+def brier_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean squared difference between score and label (0 best; 0.25 for a constant 0.5); NaN when empty."""
+    if len(scores) == 0:
+        return float("nan")
+    return float(np.mean((np.asarray(scores, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2))
+
+
+def calibrated_ece_p95(scores: np.ndarray, bins: int = 10, draws: int = 1000, seed: int = 0) -> float:
+    """The 95th percentile of the ECE that a perfectly calibrated model shows by chance on these scores: labels
+    drawn as Bernoulli(score), ``draws`` times. A measured ECE below it is consistent with calibration (a
+    bootstrap interval is no help here: resampling adds its own noise to an absolute error, so it lies above
+    the measured value); NaN when empty."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    null = [expected_calibration_error(rng.random(len(scores)) < scores, scores, bins) for _ in range(draws)]
+    return float(np.percentile(null, 95))

@@ -63,6 +63,14 @@ def _with_ci(report: dict, key: str) -> str:
     return f"{report[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _calibration(report: dict) -> str:
+    """The ECE beside what a perfectly calibrated model reaches by chance on the same scores."""
+    if report.get("ece") is None:
+        return "n/a"
+    bound = report.get("ece_calibrated_p95")
+    return f"{report['ece']:.3f}" + (f" (calibrated: < {bound:.3f})" if bound is not None else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
@@ -107,13 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             stressed.append((source, name, json.loads(report.read_text())))
     print(
-        "\n| validation source | slices (pos) | AUC [95% CI] | sensitivity | specificity | pointing game | within 15 px |"
+        "\n| validation source | slices (pos) | AUC [95% CI] | sensitivity | specificity | calibration error (ECE) "
+        "| pointing game | within 15 px |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for source, r in rows:
         pos = int(r.get("tp", 0) + r.get("fn", 0))
-        keys = ("auc", "sensitivity", "specificity", "pointing_game", "pointing_game_tolerant")
-        cells = [_with_ci(r, key) for key in keys]
+        cells = [_with_ci(r, key) for key in ("auc", "sensitivity", "specificity")]
+        cells.append(_calibration(r))
+        cells += [_with_ci(r, key) for key in ("pointing_game", "pointing_game_tolerant")]
         print(f"| {source} | {r['n']} ({pos}) | " + " | ".join(cells) + " |")
     print(f"\nthreshold {rows[0][1]['threshold']:.4f}; reports and plots under {out}")
     subtyped = [(source, name, sub) for source, r in rows for name, sub in r.get("subtypes", {}).items()]

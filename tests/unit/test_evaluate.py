@@ -180,6 +180,11 @@ def test_report_matches_scores_threshold_and_skips_unreadable(
     op = metrics.at_threshold(labels, scores, config.threshold)
     for key in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn"):
         assert report[key] == pytest.approx(op[key]), key
+    assert report["ece"] == pytest.approx(metrics.expected_calibration_error(labels, scores), abs=1e-12)
+    assert report["brier"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-12)
+    lo, hi = report["brier_ci95"]
+    assert 0.0 <= lo <= hi <= 1.0
+    assert report["ece_calibrated_p95"] == pytest.approx(metrics.calibrated_ece_p95(scores), abs=1e-12)
     assert op["tp"] + op["fp"] == 4  # the threshold splits the eight scores in half
     # the same numbers as the serving stages give, picture by picture
     np.testing.assert_allclose(scores, pipeline_scores(artifact, dataset, names), atol=1e-5)
@@ -501,6 +506,33 @@ def test_precision_recall_and_calibration_bins() -> None:
     assert count.tolist() == [2, 3]
     np.testing.assert_allclose(mean_p, [0.125, 0.8])
     np.testing.assert_allclose(frac, [0.0, 2 / 3])
+
+
+def test_calibration_error_and_brier_by_hand() -> None:
+    labels = np.array([1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.2, 0.05])
+    # two bins: [0.2, 0.05] observe 0 against a mean of 0.125; [0.9, 0.8, 0.7] observe 2/3 against 0.8
+    assert metrics.expected_calibration_error(labels, scores, bins=2) == pytest.approx((2 * 0.125 + 3 * (0.8 - 2 / 3)) / 5)
+    assert metrics.brier_score(labels, scores) == pytest.approx((0.01 + 0.64 + 0.09 + 0.04 + 0.0025) / 5)
+    # scores that are the observed rates of their bins are calibrated; shifting them all by 0.1 costs 0.1
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0])
+    rates = np.array([0.25] * 4 + [0.75] * 4)
+    assert metrics.expected_calibration_error(labels, rates) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error(labels, rates + 0.1) == pytest.approx(0.1)
+    assert np.isnan(metrics.expected_calibration_error(np.zeros(0), np.zeros(0)))
+    assert np.isnan(metrics.brier_score(np.zeros(0), np.zeros(0)))
+
+
+def test_calibrated_ece_p95_separates_calibrated_from_overconfident_scores() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0.0, 1.0, 400)
+    bound = metrics.calibrated_ece_p95(scores)
+    assert 0.0 < bound < 0.1  # 400 slices in 10 bins: a few hundredths of noise
+    calibrated = (rng.random(400) < scores).astype(float)
+    assert metrics.expected_calibration_error(calibrated, scores) < bound
+    overconfident = np.clip((scores - 0.5) * 3 + 0.5, 0.0, 1.0)  # the same labels, scores pushed to 0 and 1
+    assert metrics.expected_calibration_error(calibrated, overconfident) > metrics.calibrated_ece_p95(overconfident)
+    assert metrics.calibrated_ece_p95(scores) == bound  # seeded: a report gives the same bound every time
 
 
 def test_perturbed_evaluation_scores_the_changed_slices(dataset: Path, artifact: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ under the stress-test perturbations."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,5 +68,9 @@ def test_report_scores_the_runs_validation_patients(
     assert {Path(r["path"]).name: r["subdural"] for r in written} == {s.key: original[s.key] for s in expected_val}
     assert "| subdural | mini-ct |" in printed
     assert f"| mini-ct | {len(expected_val)} (" in printed
+    report = json.loads((tmp_path / "out" / "mini-ct" / "report.json").read_text())
+    row = next(line for line in printed.splitlines() if line.startswith("| mini-ct |"))
+    ece = f"{report['ece']:.3f} (calibrated: < {report['ece_calibrated_p95']:.3f})"
+    assert row.split(" | ")[5] == ece  # the calibration error column
     assert "| thumbnail | mini-ct |" in printed
     assert (tmp_path / "out" / "mini-ct" / "report-thumbnail.json").is_file()
