@@ -80,6 +80,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=1.4,
         help="loss weight of hemorrhage-positive slices (student recipe 1.3-1.5)",
     )
+    p.add_argument(
+        "--source-weight",
+        action="append",
+        default=[],
+        metavar="SOURCE=W",
+        help="draw the training slices of SOURCE (a data folder's name, or 'phantom') W times per epoch "
+        "(0.5: a fresh half each epoch; default 1; repeatable)",
+    )
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--split-seed", type=int, default=0)
@@ -137,19 +145,66 @@ def load_sources(specs: Sequence[str]) -> list[Sample]:
     return samples
 
 
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """A per-epoch permutation (seed, epoch), sharded over ranks, that can start at a given batch."""
+def source_weights(samples: Sequence[Sample], specs: Sequence[str]) -> list[float] | None:
+    """Per-sample draw weights from ``SOURCE=W`` specs (None when there are none); a source the training
+    slices do not have, or a weight that is not a positive number, is refused by name."""
+    if not specs:
+        return None
+    sources = sorted({s.source for s in samples})
+    wanted: dict[str, float] = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        if name not in sources:
+            raise SystemExit(f"--source-weight {spec!r}: no training slices from {name!r} (sources: {', '.join(sources)})")
+        try:
+            wanted[name] = float(value)
+        except ValueError:
+            wanted[name] = float("nan")
+        if not wanted[name] > 0:
+            raise SystemExit(f"--source-weight {spec!r}: the weight must be a number > 0")
+    return [wanted.get(s.source, 1.0) for s in samples]
 
-    def __init__(self, n: int, seed: int, rank: int, world: int, batch_size: int) -> None:
-        self.n, self.seed, self.rank, self.world, self.batch_size = n, seed, rank, world, batch_size
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """A per-epoch permutation (seed, epoch), sharded over ranks, that can start at a given batch.
+
+    ``weights`` (one per dataset item, > 0) sets how often an item is drawn per epoch: ``w`` = 2.0 twice,
+    0.5 half of the items of that weight (a fresh seeded half each epoch). The epoch length is fixed, so
+    resume and the schedules see the same number of batches every epoch.
+    """
+
+    def __init__(
+        self, n: int, seed: int, rank: int, world: int, batch_size: int, weights: Sequence[float] | None = None
+    ) -> None:
+        self.seed, self.rank, self.world, self.batch_size = seed, rank, world, batch_size
         self.epoch, self.start_batch = 0, 0
+        self.by_weight: dict[float, list[int]] = {}
+        if weights is not None:
+            if len(weights) != n or min(weights, default=1.0) <= 0:
+                raise ValueError("one weight > 0 per item")
+            for i, w in enumerate(weights):
+                self.by_weight.setdefault(float(w), []).append(i)
+        self.n = sum(math.floor(w) * len(m) + round((w - math.floor(w)) * len(m)) for w, m in self.by_weight.items()) or n
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
+    def _drawn(self, g: torch.Generator) -> list[int]:
+        """This epoch's items, with each weight's whole copies and its seeded share of one more."""
+        drawn: list[int] = []
+        for w, members in sorted(self.by_weight.items()):
+            drawn += members * math.floor(w)
+            extra = round((w - math.floor(w)) * len(members))
+            drawn += [members[k] for k in torch.randperm(len(members), generator=g)[:extra].tolist()]
+        return drawn
+
     def indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        if self.by_weight:
+            drawn = self._drawn(g)
+            perm = [drawn[k] for k in torch.randperm(self.n, generator=g).tolist()]
+        else:
+            perm = torch.randperm(self.n, generator=g).tolist()
         per_rank = math.ceil(self.n / self.world)
         perm += perm[: per_rank * self.world - self.n]  # pad so every rank gets the same count
         return perm[self.rank :: self.world]
@@ -371,7 +426,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size)
+    weights = source_weights(train_samples, getattr(args, "source_weight", []))
+    sampler = ResumableSampler(len(train_set), args.seed, rank, world, args.batch_size, weights)
+    if weights is not None and rank == 0:
+        logger.info("source weights %s: %d slices drawn per epoch", ", ".join(args.source_weight), sampler.n)
     scheduler = make_scheduler(optimizer, args, sampler.batches_per_epoch())
     step_scheduler = scheduler if args.schedule == "cosine" else None
     state = {"epoch": 0, "batch": 0, "step": 0, "global_step": 0, "best_auc": -1.0}

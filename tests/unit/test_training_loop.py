@@ -149,6 +149,51 @@ def test_sampler_shards_and_resumes_at_the_batch() -> None:
     assert other_epoch.indices() != shards[1]
 
 
+def test_weighted_sampler_draws_each_source_its_share_every_epoch_and_resumes() -> None:
+    weights = [1.0] * 4 + [2.0] * 3 + [0.5] * 6  # items 0-3 once, 4-6 twice, three of 7-12 per epoch
+    sampler = train.ResumableSampler(len(weights), seed=3, rank=0, world=1, batch_size=4, weights=weights)
+    assert sampler.n == 4 + 6 + 3 and sampler.batches_per_epoch() == 4
+    halves = []
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        drawn = sampler.indices()
+        counts = np.bincount(drawn, minlength=len(weights))
+        assert len(drawn) == 13 and counts[:4].tolist() == [1] * 4 and counts[4:7].tolist() == [2] * 3
+        assert sorted(counts[7:].tolist()) == [0, 0, 0, 1, 1, 1]
+        halves.append(frozenset(np.flatnonzero(counts[7:])))
+    assert len(set(halves)) > 1  # a fresh half each epoch, not the same three slices forever
+    resumed = train.ResumableSampler(len(weights), seed=3, rank=0, world=1, batch_size=4, weights=weights)
+    resumed.set_epoch(5, start_batch=2)
+    assert list(resumed) == drawn[8:]
+    ranks = [train.ResumableSampler(len(weights), 3, r, 2, 4, weights) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(5)
+    shards = [s.indices() for s in ranks]  # the same draw, split over two ranks and padded to 7 each
+    assert len(shards[0]) == len(shards[1]) == 7 and sorted(shards[0] + shards[1]) == sorted(drawn + drawn[:1])
+    with pytest.raises(ValueError):
+        train.ResumableSampler(3, 0, 0, 1, 2, weights=[1.0, 0.0, 1.0])
+
+
+def test_source_weights_come_from_source_names_and_refuse_unknown_ones(tiny_data: tuple[Path, int, int]) -> None:
+    samples = read_labelled_folder(tiny_data[0])
+    source = samples[0].source
+    assert train.source_weights(samples, []) is None
+    assert train.source_weights(samples, [f"{source}=1.5"]) == [1.5] * len(samples)
+    for bad in ("rsna-elsewhere=2", f"{source}=0", f"{source}=-1", f"{source}=many"):
+        with pytest.raises(SystemExit, match="source-weight"):
+            train.source_weights(samples, [bad])
+
+
+def test_a_source_weight_changes_the_steps_of_an_epoch(
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None
+) -> None:
+    data, split_seed, n_train = tiny_data
+    run_main(data, split_seed, tmp_path / "half", "--epochs", "1", "--source-weight", f"{data.name}=0.5")
+    ckpt = load_checkpoint(tmp_path / "half" / "checkpoint.pt")
+    assert ckpt["state"]["global_step"] == math.ceil(round(n_train / 2) / BATCH) < math.ceil(n_train / BATCH)
+    assert ckpt["args"]["source_weight"] == [f"{data.name}=0.5"]  # a resume can see what the run drew
+
+
 def test_cosine_schedule_decays_per_step_from_lr_to_min_lr() -> None:
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1e-3)
