@@ -184,7 +184,11 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
                 raise ValueError("one weight > 0 per item")
             for i, w in enumerate(weights):
                 self.by_weight.setdefault(float(w), []).append(i)
-        self.n = sum(math.floor(w) * len(m) + round((w - math.floor(w)) * len(m)) for w, m in self.by_weight.items()) or n
+        self.n = n
+        if self.by_weight:
+            self.n = sum(math.floor(w) * len(m) + round((w - math.floor(w)) * len(m)) for w, m in self.by_weight.items())
+            if self.n == 0:
+                raise ValueError("these weights draw no item in an epoch")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
