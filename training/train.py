@@ -165,6 +165,11 @@ def source_weights(samples: Sequence[Sample], specs: Sequence[str]) -> list[floa
     return [wanted.get(s.source, 1.0) for s in samples]
 
 
+def _copies(weight: float, count: int) -> tuple[int, int]:
+    """For ``count`` items of ``weight``: (whole copies of each item, items drawn once more) per epoch."""
+    return math.floor(weight), round((weight - math.floor(weight)) * count)
+
+
 class ResumableSampler(torch.utils.data.Sampler[int]):
     """A per-epoch permutation (seed, epoch), sharded over ranks, that can start at a given batch.
 
@@ -186,7 +191,10 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
                 self.by_weight.setdefault(float(w), []).append(i)
         self.n = n
         if self.by_weight:
-            self.n = sum(math.floor(w) * len(m) + round((w - math.floor(w)) * len(m)) for w, m in self.by_weight.items())
+            self.n = 0
+            for w, members in self.by_weight.items():
+                whole, extra = _copies(w, len(members))
+                self.n += whole * len(members) + extra
             if self.n == 0:
                 raise ValueError("these weights draw no item in an epoch")
 
@@ -197,8 +205,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         """This epoch's items, with each weight's whole copies and its seeded share of one more."""
         drawn: list[int] = []
         for w, members in sorted(self.by_weight.items()):
-            drawn += members * math.floor(w)
-            extra = round((w - math.floor(w)) * len(members))
+            whole, extra = _copies(w, len(members))
+            drawn += members * whole
             drawn += [members[k] for k in torch.randperm(len(members), generator=g)[:extra].tolist()]
         return drawn
 
