@@ -160,8 +160,8 @@ def source_weights(samples: Sequence[Sample], specs: Sequence[str]) -> list[floa
             wanted[name] = float(value)
         except ValueError:
             wanted[name] = float("nan")
-        if not wanted[name] > 0:
-            raise SystemExit(f"--source-weight {spec!r}: the weight must be a number > 0")
+        if not 0 < wanted[name] < math.inf:
+            raise SystemExit(f"--source-weight {spec!r}: the weight must be a finite number > 0")
     return [wanted.get(s.source, 1.0) for s in samples]
 
 
@@ -185,8 +185,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.epoch, self.start_batch = 0, 0
         self.by_weight: dict[float, list[int]] = {}
         if weights is not None:
-            if len(weights) != n or min(weights, default=1.0) <= 0:
-                raise ValueError("one weight > 0 per item")
+            if len(weights) != n or not all(0 < w < math.inf for w in weights):
+                raise ValueError("one finite weight > 0 per item")
             for i, w in enumerate(weights):
                 self.by_weight.setdefault(float(w), []).append(i)
         self.n = n

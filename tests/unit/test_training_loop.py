@@ -172,6 +172,8 @@ def test_weighted_sampler_draws_each_source_its_share_every_epoch_and_resumes() 
     assert len(shards[0]) == len(shards[1]) == 7 and sorted(shards[0] + shards[1]) == sorted(drawn + drawn[:1])
     with pytest.raises(ValueError):
         train.ResumableSampler(3, 0, 0, 1, 2, weights=[1.0, 0.0, 1.0])
+    with pytest.raises(ValueError):
+        train.ResumableSampler(3, 0, 0, 1, 2, weights=[1.0, float("inf"), 1.0])
     with pytest.raises(ValueError, match="no item"):
         train.ResumableSampler(3, 0, 0, 1, 2, weights=[0.1, 0.1, 0.1])
 
@@ -181,7 +183,7 @@ def test_source_weights_come_from_source_names_and_refuse_unknown_ones(tiny_data
     source = samples[0].source
     assert train.source_weights(samples, []) is None
     assert train.source_weights(samples, [f"{source}=1.5"]) == [1.5] * len(samples)
-    for bad in ("rsna-elsewhere=2", f"{source}=0", f"{source}=-1", f"{source}=many"):
+    for bad in ("rsna-elsewhere=2", f"{source}=0", f"{source}=-1", f"{source}=many", f"{source}=inf", f"{source}=nan"):
         with pytest.raises(SystemExit, match="source-weight"):
             train.source_weights(samples, [bad])
 
