@@ -88,6 +88,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="draw the training slices of SOURCE (a data folder's name, or 'phantom') W times per epoch "
         "(0.5: a fresh half each epoch; default 1; repeatable)",
     )
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mixup: blend each batch with a shuffled copy of itself at a weight ~ Beta(ALPHA, ALPHA), and its loss "
+        "likewise (0: off; 0.2-0.4 usual)",
+    )
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--split-seed", type=int, default=0)
@@ -155,7 +163,9 @@ def source_weights(samples: Sequence[Sample], specs: Sequence[str]) -> list[floa
     for spec in specs:
         name, _, value = spec.partition("=")
         if name not in sources:
-            raise SystemExit(f"--source-weight {spec!r}: no training slices from {name!r} (sources: {', '.join(sources)})")
+            raise SystemExit(
+                f"--source-weight {spec!r}: no training slices from {name!r} (sources: {', '.join(sources)})"
+            )
         try:
             wanted[name] = float(value)
         except ValueError:
@@ -250,6 +260,22 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: float) ->
     return loss / known.sum().clamp(min=1)
 
 
+def mixup_draw(alpha: float, n: int, seed: int, rank: int, global_step: int) -> tuple[float, np.ndarray]:
+    """The blend weight and partner order of one batch, from (seed, rank, step) alone: a resumed run mixes its
+    batches exactly as the uninterrupted run would have."""
+    rng = np.random.default_rng([seed, rank, global_step])
+    return float(rng.beta(alpha, alpha)), rng.permutation(n)
+
+
+def mixup_bce(
+    logits: torch.Tensor, labels: torch.Tensor, lam: float, partner: torch.Tensor, pos_weight: float
+) -> torch.Tensor:
+    """Mixup's loss (Zhang et al., ICLR 2018) for logits of ``lam * x + (1 - lam) * x[partner]``: the same blend of
+    the loss against either slice's labels, so unknown (NaN) labels and the positive weight of ``masked_bce`` hold
+    for each side as they are."""
+    return lam * masked_bce(logits, labels, pos_weight) + (1.0 - lam) * masked_bce(logits, labels[partner], pos_weight)
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -272,9 +298,17 @@ def train_one_epoch(model, optimizer, loader, device, epoch, args, state, on_ste
     for x, y in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
+        alpha = getattr(args, "mixup", 0.0)
+        if alpha > 0:
+            lam, order = mixup_draw(alpha, len(x), args.seed, int(os.environ.get("RANK", "0")), state["global_step"])
+            partner = torch.as_tensor(order, device=device)
+            x = lam * x + (1.0 - lam) * x[partner]
         with autocast(device, args.amp):
             logits = model(x)
-        loss = masked_bce(logits, y, args.pos_weight)
+        if alpha > 0:
+            loss = mixup_bce(logits, y, lam, partner, args.pos_weight)
+        else:
+            loss = masked_bce(logits, y, args.pos_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -132,6 +132,45 @@ def test_masked_bce_ignores_unknown_labels_and_weighs_positives() -> None:
     assert float(train.masked_bce(changed, labels, 1.4)) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_mixup_loss_blends_both_label_sets_and_keeps_unknown_labels_unknown() -> None:
+    logits = torch.tensor([[2.0, 1, -1, 0, 0, 0], [-1.0, 0, 0, 0, 0, 0], [0.5, 1, 1, -2, 0, 0], [-3.0, 0, 0, 0, 1, 0]])
+    nan = float("nan")
+    y = torch.tensor([[1.0, *[nan] * 5], [0.0] * 6, [1.0, 1, 0, 0, 0, 0], [0.0, *[nan] * 5]])
+    partner = torch.tensor([2, 0, 3, 1])
+    loss = train.mixup_bce(logits, y, 0.3, partner, pos_weight=1.4)
+
+    # by hand: slice i's logits against its own labels (weight 0.3) and against its partner's (0.7); a NaN
+    # label drops out of its own side only, the positive weight and the doubled 'any' column apply per side
+    def side(labels: torch.Tensor) -> float:
+        total, known = 0.0, 0
+        for row, target in zip(logits.tolist(), labels.tolist(), strict=True):
+            for k, (z, t) in enumerate(zip(row, target, strict=True)):
+                if math.isnan(t):
+                    continue
+                w = (1.4 if t > 0.5 else 1.0) * 2.0 if k == 0 else 1.0
+                total += w * (math.log1p(math.exp(-z)) if t > 0.5 else math.log1p(math.exp(z)))
+                known += 1
+        return total / known
+
+    expected = 0.3 * side(y) + 0.7 * side(y[partner])
+    assert math.isfinite(float(loss)) and float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(train.mixup_bce(logits, y, 1.0, partner, 1.4)) == pytest.approx(
+        float(train.masked_bce(logits, y, 1.4))
+    )
+
+
+def test_mixup_draws_depend_on_the_step_alone() -> None:
+    lam, perm = train.mixup_draw(0.4, 32, seed=0, rank=0, global_step=7)
+    again, perm_again = train.mixup_draw(0.4, 32, seed=0, rank=0, global_step=7)
+    assert lam == again and np.array_equal(perm, perm_again) and 0.0 <= lam <= 1.0
+    assert sorted(perm) == list(range(32))
+    others = [train.mixup_draw(0.4, 32, 0, rank, step) for rank, step in ((0, 8), (1, 7))]
+    assert all(lam != other for other, _ in others)  # the next step and the other rank draw afresh
+    # Beta(0.4, 0.4) puts most weight near 0 and 1: most batches stay close to one of their two slices
+    lams = np.array([train.mixup_draw(0.4, 4, 0, 0, step)[0] for step in range(2000)])
+    assert 0.45 < lams.mean() < 0.55 and np.mean((lams < 0.1) | (lams > 0.9)) > 0.4
+
+
 def test_sampler_shards_and_resumes_at_the_batch() -> None:
     n, bs = 11, 2
     ranks = [train.ResumableSampler(n, seed=5, rank=r, world=2, batch_size=bs) for r in range(2)]
@@ -237,12 +276,12 @@ def test_init_reads_a_checkpoint_a_state_dict_or_an_artifact_folder(tmp_path: Pa
 
 # ---------------------------------------------------------------- resume and export
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+@pytest.mark.parametrize(("schedule", "mixup"), [("plateau", "0"), ("cosine", "0"), ("cosine", "0.4")])
 def test_resume_continues_at_the_exact_step_and_export_loads(
-    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None, schedule: str
+    tiny_data: tuple[Path, int, int], tmp_path: Path, isolated_main: None, schedule: str, mixup: str
 ) -> None:
     data, split_seed, n_train = tiny_data
-    sched = ("--schedule", schedule, "--epochs", "1")
+    sched = ("--schedule", schedule, "--epochs", "1", "--mixup", mixup)
     batches = math.ceil(n_train / BATCH)
     out, reference, export = tmp_path / "run", tmp_path / "reference", tmp_path / "export"
 
