@@ -432,6 +432,9 @@ def export_best(
 
 # ---------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> dict[str, float]:
+    mixup = getattr(args, "mixup", 0.0)
+    if not (math.isfinite(mixup) and mixup >= 0):
+        raise SystemExit(f"--mixup {mixup}: the Beta distribution's alpha must be a finite number > 0 (0: off)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

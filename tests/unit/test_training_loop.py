@@ -171,6 +171,13 @@ def test_mixup_draws_depend_on_the_step_alone() -> None:
     assert 0.45 < lams.mean() < 0.55 and np.mean((lams < 0.1) | (lams > 0.9)) > 0.4
 
 
+@pytest.mark.parametrize("alpha", ["-0.2", "inf", "nan"])
+def test_a_mixup_alpha_that_is_no_beta_parameter_is_refused(alpha: str) -> None:
+    args = train.get_args_parser().parse_args(["--mixup", alpha])
+    with pytest.raises(SystemExit, match="--mixup"):
+        train.main(args)
+
+
 def test_sampler_shards_and_resumes_at_the_batch() -> None:
     n, bs = 11, 2
     ranks = [train.ResumableSampler(n, seed=5, rank=r, world=2, batch_size=bs) for r in range(2)]
